@@ -1,0 +1,142 @@
+import gzip
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils import data
+
+SPEC = data.FileSet(name="Toy", files=(("a.txt", None), ("b.txt", None)), subdirs=("Toy/raw", "Toy"),
+                    mirrors=("http://mirror-one.invalid/", "http://mirror-two.invalid/"),
+                    how_to="Ask a friend for the files.")
+
+
+def _write(folder: Path, names=("a.txt", "b.txt")) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_text(name)
+    return folder
+
+
+def _no_network(url, dest, md5):
+    raise OSError("network unreachable")
+
+
+def test_data_folder_comes_first(data_home):
+    _write(data_home / "Toy")
+    calls = []
+    folder = data.locate(SPEC, fetch=lambda *a: calls.append(a))
+    assert folder == data_home / "Toy" and calls == []
+
+
+def test_online_is_tried_next_mirror_by_mirror(data_home):
+    calls = []
+
+    def fetch(url, dest, md5):
+        calls.append(url)
+        if "mirror-one" in url:
+            raise OSError("mirror down")
+        return _write(dest.parent, [dest.name]) / dest.name
+
+    folder = data.locate(SPEC, fetch=fetch)
+    assert folder == data_home / "Toy/raw"
+    assert calls == ["http://mirror-one.invalid/a.txt", "http://mirror-two.invalid/a.txt",
+                     "http://mirror-two.invalid/b.txt"]
+    # The next call finds the downloaded copy in the data folder and does not fetch again.
+    assert data.locate(SPEC, fetch=_no_network) == data_home / "Toy/raw"
+
+
+def test_offline_package_folder_is_the_last_source(data_home, tmp_path):
+    offline = _write(tmp_path / "usr/share/datasets/toy")
+    spec = data.FileSet(**{**SPEC.__dict__, "offline": (offline,)})
+    assert data.locate(spec, fetch=_no_network) == offline
+
+
+def test_one_clear_error_lists_every_source_tried(data_home, tmp_path):
+    spec = data.FileSet(**{**SPEC.__dict__, "offline": (tmp_path / "not-installed",)})
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.locate(spec, fetch=_no_network)
+    message = str(err.value)
+    for expected in ("Could not find the Toy dataset", str(data_home / "Toy/raw"), "mirror-one.invalid",
+                     "mirror-two.invalid", "network unreachable", str(tmp_path / "not-installed"),
+                     "a.txt, b.txt", data.DATA_DIR_ENV, "Ask a friend"):
+        assert expected in message
+    assert isinstance(err.value, FileNotFoundError)
+
+
+def test_offline_switch_skips_the_network(data_home, monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    with pytest.raises(data.DatasetNotFoundError, match="skipped because GDL_OFFLINE"):
+        data.locate(SPEC, fetch=lambda *a: pytest.fail("fetched although offline"))
+
+
+def test_unreachable_server_fails_fast_with_the_real_downloader(data_home):
+    # Port 9 on the loopback interface has no server: the connection is refused at once.
+    spec = data.FileSet(name="Toy", files=(("a.txt", None),), subdirs=("Toy",),
+                        mirrors=("http://127.0.0.1:9/",))
+    start = time.perf_counter()
+    with pytest.raises(data.DatasetNotFoundError, match=r"online: http://127.0.0.1:9/ \(URLError"):
+        data.locate(spec)
+    assert time.perf_counter() - start < 15
+
+
+def test_download_checks_the_checksum_and_leaves_no_partial_file(tmp_path):
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"hello")
+    dest = tmp_path / "out" / "copy.bin"
+    good = data.download(source.as_uri(), dest, md5=data.md5sum(source))
+    assert good.read_bytes() == b"hello"
+    with pytest.raises(OSError, match="checksum mismatch"):
+        data.download(source.as_uri(), tmp_path / "out" / "bad.bin", md5="0" * 32)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["copy.bin"]
+
+
+def _idx_images(n: int) -> bytes:
+    pixels = bytes((i * 7) % 256 for i in range(n * 28 * 28))
+    return struct.pack(">IIII", 2051, n, 28, 28) + pixels
+
+
+def _idx_labels(n: int) -> bytes:
+    return struct.pack(">II", 2049, n) + bytes(i % 10 for i in range(n))
+
+
+def test_mnist_loads_from_gzipped_files_in_the_data_folder(data_home):
+    raw = data_home / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        (raw / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_images(n)))
+        (raw / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_labels(n)))
+    train, test = data.mnist(train=True), data.mnist(train=False)
+    assert (len(train), len(test)) == (6, 4)
+    image, label = train[3]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and label == 3
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    x, y = data.as_tensors(train, limit=5)
+    assert x.shape == (5, 1, 28, 28) and y.tolist() == [0, 1, 2, 3, 4]
+    assert torch.allclose(x[3], image)
+
+
+def test_fashion_mnist_names_the_debian_package_when_missing(data_home, monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    spec = data.FileSet(**{**data.FASHION_MNIST_FILES.__dict__, "offline": (data_home / "nothing",)})
+    monkeypatch.setattr(data, "FASHION_MNIST_FILES", spec)
+    with pytest.raises(data.DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        data.fashion_mnist()
+
+
+def test_take_and_its_bad_input():
+    items = list(range(10))
+    assert list(data.take(items, 3)) == [0, 1, 2]
+    assert data.take(items, None) is items and data.take(items, 50) is items
+    with pytest.raises(ValueError, match="positive"):
+        data.take(items, 0)
+
+
+def test_check_images_names_the_expected_shape():
+    assert data.check_images(torch.zeros(2, 1, 28, 28), (1, 28, 28)).shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match=r"must have shape \(batch, 1, 28, 28\), got \(2, 28, 28\)"):
+        data.check_images(torch.zeros(2, 28, 28), (1, 28, 28))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        data.check_images([[0.0]], (1,))

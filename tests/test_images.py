@@ -1,0 +1,37 @@
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from utils import images
+
+
+def test_grid_shape_for_grey_and_colour_batches():
+    grey = images.grid_array(torch.rand(10, 1, 28, 28), nrow=5, padding=2)
+    assert grey.shape == (2 + 2 * 30, 2 + 5 * 30, 3)
+    colour = images.grid_array(torch.rand(3, 3, 16, 16), nrow=3, padding=0)
+    assert colour.shape == (16, 48, 3)
+    assert images.grid_array(torch.rand(4, 28, 28), nrow=4).shape == (32, 2 + 4 * 30, 3)
+
+
+def test_value_range_maps_tanh_outputs_to_unit_interval():
+    grid = images.grid_array(torch.full((1, 1, 4, 4), -1.0), nrow=1, padding=0, value_range=(-1, 1))
+    assert grid.min() == 0.0 and grid.max() == 0.0
+    grid = images.grid_array(torch.full((1, 1, 4, 4), 1.0), nrow=1, padding=0, value_range=(-1, 1))
+    assert grid.min() == 1.0
+
+
+def test_bad_shapes_get_a_clear_error():
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, 1 or 3, H, W\)"):
+        images.grid_array(torch.rand(2, 4, 8, 8))
+    with pytest.raises(ValueError, match="2 rows but 1 titles"):
+        images.show_rows([torch.rand(2, 1, 8, 8)] * 2, ["only one"])
+
+
+def test_show_rows_and_grid_save_figures(tmp_path):
+    fig = images.show_rows([torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8)], ["a", "b"],
+                           path=tmp_path / "rows.png")
+    assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
+    fig = images.show_grid(torch.rand(6, 3, 8, 8), "six", nrow=3, path=tmp_path / "grid.png")
+    assert fig.axes[0].get_title() == "six"
+    assert (tmp_path / "rows.png").stat().st_size > 0 and (tmp_path / "grid.png").stat().st_size > 0
+    plt.close("all")

