@@ -42,15 +42,10 @@ def show_rows(rows: Sequence[torch.Tensor], titles: Sequence[str], *,
     fig, axes = plt.subplots(len(rows), 1, squeeze=False,
                              figsize=(scale * width / 40, scale * len(rows) * (height / 40 + 0.35)))
     for ax, array, title in zip(axes[:, 0], arrays, titles):
-        ax.imshow(array.squeeze(-1) if array.shape[-1] == 1 else array, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(title, fontsize=10)
-        ax.axis("off")
+        _draw(ax, array, title, fontsize=10)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-    return fig
+    return _finish(fig, path)
 
 
 def show_grid(images: torch.Tensor, title: str | None = None, nrow: int = 8, *,
@@ -59,10 +54,18 @@ def show_grid(images: torch.Tensor, title: str | None = None, nrow: int = 8, *,
     """One titled grid of images, shown inline and saved when ``path`` is given."""
     array = grid_array(images, nrow=nrow, value_range=value_range)
     fig, ax = plt.subplots(figsize=(size, size * array.shape[0] / array.shape[1]))
+    _draw(ax, array, title)
+    return _finish(fig, path)
+
+
+def _draw(ax: plt.Axes, array: np.ndarray, title: str | None, fontsize: float | None = None) -> None:
     ax.imshow(array.squeeze(-1) if array.shape[-1] == 1 else array, cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=fontsize)
+
+
+def _finish(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100, bbox_inches="tight")
