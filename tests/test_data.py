@@ -31,7 +31,7 @@ def test_data_folder_comes_first(data_home):
     assert folder == data_home / "Toy" and calls == []
 
 
-def test_online_is_tried_next_mirror_by_mirror(data_home):
+def test_online_is_tried_next_mirror_by_mirror(data_home, cache_home):
     calls = []
 
     def fetch(url, dest, md5):
@@ -41,11 +41,12 @@ def test_online_is_tried_next_mirror_by_mirror(data_home):
         return _write(dest.parent, [dest.name]) / dest.name
 
     folder = data.locate(SPEC, fetch=fetch)
-    assert folder == data_home / "Toy/raw"
+    assert folder == cache_home / "Toy/raw"  # downloads go to the cache, never to the data folder
+    assert list(data_home.iterdir()) == []
     assert calls == ["http://mirror-one.invalid/a.txt", "http://mirror-two.invalid/a.txt",
                      "http://mirror-two.invalid/b.txt"]
-    # The next call finds the downloaded copy in the data folder and does not fetch again.
-    assert data.locate(SPEC, fetch=_no_network) == data_home / "Toy/raw"
+    # The next call finds the downloaded copy in the cache and does not fetch again.
+    assert data.locate(SPEC, fetch=_no_network) == cache_home / "Toy/raw"
 
 
 def test_offline_package_folder_is_the_last_source(data_home, tmp_path):
@@ -102,7 +103,7 @@ def _idx_labels(n: int) -> bytes:
     return struct.pack(">II", 2049, n) + bytes(i % 10 for i in range(n))
 
 
-def test_mnist_loads_from_gzipped_files_in_the_data_folder(data_home):
+def test_mnist_loads_from_gzipped_files_in_the_data_folder(data_home, cache_home):
     raw = data_home / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for prefix, n in (("train", 6), ("t10k", 4)):
@@ -110,6 +111,8 @@ def test_mnist_loads_from_gzipped_files_in_the_data_folder(data_home):
         (raw / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_labels(n)))
     train, test = data.mnist(train=True), data.mnist(train=False)
     assert (len(train), len(test)) == (6, 4)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(n for n, _ in data.MNIST_FILES.files)  # untouched
+    assert (cache_home / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()  # unpacked in the cache
     image, label = train[3]
     assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and label == 3
     assert 0.0 <= image.min() and image.max() <= 1.0
@@ -140,3 +143,30 @@ def test_check_images_names_the_expected_shape():
         data.check_images(torch.zeros(2, 28, 28), (1, 28, 28))
     with pytest.raises(TypeError, match="must be a torch.Tensor"):
         data.check_images([[0.0]], (1,))
+
+
+def test_celeba_faces_from_a_zip_in_the_data_folder(data_home):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    with zipfile.ZipFile(data_home / "celeba64-10k.zip", "w") as archive:
+        for i in range(3):
+            buffer = io.BytesIO()
+            Image.new("RGB", (80, 60), (10 * i, 20, 30)).save(buffer, "JPEG")
+            archive.writestr(f"{i:06d}.jpg", buffer.getvalue())
+    faces = data.celeba_faces(limit=2, size=32)
+    assert faces.shape == (2, 3, 32, 32) and faces.dtype == torch.uint8
+
+
+def test_celeba_missing_everywhere_names_every_source(data_home, monkeypatch):
+    def no_host(*args, **kwargs):
+        raise RuntimeError("quota exceeded")
+
+    monkeypatch.setattr(data, "_faces_from_torchvision", no_host)
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.celeba_faces(limit=4)
+    message = str(err.value)
+    assert str(data_home / "celeba") in message and "quota exceeded" in message
+    assert "daily quota" in message and "celeba64-10k.zip" in message

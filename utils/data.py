@@ -21,11 +21,13 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-#: Environment variable naming the folder where datasets are looked for first.
+#: Environment variable naming the folder where datasets are looked for first (read only).
 DATA_DIR_ENV = "GDL_DATA_DIR"
+#: Environment variable naming the writable cache for downloads and unpacked copies.
+CACHE_DIR_ENV = "GDL_CACHE_DIR"
 #: Set to ``1`` to skip the online step (useful on a machine known to have no network).
 OFFLINE_ENV = "GDL_OFFLINE"
-#: Default data folder, also where downloads and unpacked copies are cached.
+#: Default data folder and cache.
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "gdl-pytorch"
 #: Seconds to wait for a server before moving on to the next source.
 TIMEOUT_S = 10.0
@@ -54,26 +56,24 @@ class FileSet:
 
 
 def data_dir() -> Path:
-    """The folder searched first: ``$GDL_DATA_DIR``, else ``~/.cache/gdl-pytorch``."""
+    """The folder searched first: ``$GDL_DATA_DIR``, else ``~/.cache/gdl-pytorch``. Never written to."""
     value = os.environ.get(DATA_DIR_ENV, "").strip()
     return Path(value).expanduser() if value else DEFAULT_DATA_DIR
 
 
 def cache_dir() -> Path:
-    """A writable folder for downloads and unpacked copies: the data folder if writable."""
-    for folder in (data_dir(), DEFAULT_DATA_DIR):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(folder, os.W_OK):
-            return folder
-    raise PermissionError(f"Neither {data_dir()} nor {DEFAULT_DATA_DIR} is writable; "
-                          f"set {DATA_DIR_ENV} to a writable folder.")
+    """The writable folder for downloads, unpacked copies and checkpoints: ``$GDL_CACHE_DIR``,
+    else ``~/.cache/gdl-pytorch``. Kept apart from the data folder, which may be shared or read-only.
+    """
+    value = os.environ.get(CACHE_DIR_ENV, "").strip()
+    folder = Path(value).expanduser() if value else DEFAULT_DATA_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _search_roots() -> list[Path]:
-    roots = [data_dir(), DEFAULT_DATA_DIR]
+    value = os.environ.get(CACHE_DIR_ENV, "").strip()
+    roots = [data_dir(), Path(value).expanduser() if value else DEFAULT_DATA_DIR]
     return [r for i, r in enumerate(roots) if r not in roots[:i]]
 
 
@@ -88,12 +88,13 @@ def md5sum(path: Path) -> str:
 
 def download(url: str, dest: Path, md5: str | None = None, timeout: float = TIMEOUT_S) -> Path:
     """Download ``url`` to ``dest`` (atomically, via a ``.part`` file) and check its MD5."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     request = urllib.request.Request(url, headers={"User-Agent": "gdl-pytorch"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, open(part, "wb") as f:
-            shutil.copyfileobj(response, f)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            dest.parent.mkdir(parents=True, exist_ok=True)  # only once a server has answered
+            with open(part, "wb") as f:
+                shutil.copyfileobj(response, f)
         if md5 is not None and md5sum(part) != md5:
             raise OSError(f"checksum mismatch for {url}")
         part.replace(dest)
@@ -230,3 +231,68 @@ def check_images(batch: torch.Tensor, shape: Sequence[int], what: str = "images"
         raise ValueError(f"{what} must have shape (batch, {', '.join(map(str, shape))}), "
                          f"got {tuple(batch.shape)}")
     return batch
+
+
+# --- CelebA faces ---------------------------------------------------------------------------
+
+CELEBA_ZIP = "celeba64-10k.zip"
+CELEBA_FILES = FileSet(
+    name="CelebA faces", files=((CELEBA_ZIP, None),), subdirs=("celeba", "."),
+    how_to="Any zip of aligned face JPEGs works; CelebA itself is at "
+           "mmlab.ie.cuhk.edu.hk/projects/CelebA.html (img_align_celeba).")
+
+
+def _faces_from_zip(path: Path, limit: int | None, size: int) -> torch.Tensor:
+    import zipfile
+
+    from PIL import Image
+
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(n for n in archive.namelist() if n.lower().endswith((".jpg", ".jpeg", ".png")))[:limit]
+        if not names:
+            raise DatasetNotFoundError(f"{path} holds no JPEG or PNG images")
+        return torch.stack([_face_tensor(Image.open(archive.open(n)), size) for n in names])
+
+
+def _face_tensor(image, size: int) -> torch.Tensor:
+    """A PIL face image -> uint8 tensor (3, size, size): centre-cropped square, resized."""
+    image = image.convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((size, size), 3)  # 3 = bicubic
+    return torch.from_numpy(__import__("numpy").asarray(image).copy()).permute(2, 0, 1)
+
+
+def _faces_from_torchvision(limit: int | None, size: int) -> torch.Tensor:
+    """CelebA's aligned images from its canonical host, through torchvision (needs gdown)."""
+    root = cache_dir()
+    dataset = datasets.CelebA(str(root), split="all", target_type=[], download=True)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    # The aligned images are 178x218 with the face in the upper middle: crop rows 20..198 first.
+    return torch.stack([_face_tensor(dataset[i][0].crop((0, 20, 178, 198)), size) for i in range(count)])
+
+
+def celeba_faces(limit: int | None = None, size: int = 64) -> torch.Tensor:
+    """Aligned CelebA faces as a uint8 tensor (N, 3, size, size), held in memory.
+
+    Tries the data folder (``celeba64-10k.zip``: 10,000 faces at 64x64), then CelebA's canonical
+    host through torchvision (its Google Drive quota is often exhausted), then fails with one
+    error that lists what was tried.
+    """
+    tried = []
+    try:
+        return _faces_from_zip(locate(CELEBA_FILES) / CELEBA_ZIP, limit, size)
+    except DatasetNotFoundError as err:
+        tried += [line for line in str(err).splitlines() if line.startswith("  - ")]
+    if os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes"}:
+        tried.append(f"  - online: skipped because {OFFLINE_ENV} is set")
+    else:
+        try:
+            return _faces_from_torchvision(limit, size)
+        except Exception as exc:  # noqa: BLE001 -- gdown missing, quota exceeded, no network, ...
+            tried.append(f"  - online: CelebA through torchvision ({type(exc).__name__}: {exc}) -- its Google "
+                         "Drive host often refuses downloads once its daily quota is used up: try again later")
+    raise DatasetNotFoundError(
+        "Could not find the CelebA faces. Tried, in order:\n" + "\n".join(tried) +
+        f"\nTo provide them, put {CELEBA_ZIP} (a zip of face JPEGs) into {data_dir() / 'celeba'} "
+        f"(or set {DATA_DIR_ENV} to a folder that has it). {CELEBA_FILES.how_to}")
