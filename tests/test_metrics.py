@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+
+from utils.metrics import frechet_distance
+
+
+def test_identical_sets_are_at_distance_zero():
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_matches_the_closed_form_for_shifted_and_scaled_gaussians():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(200_000, 2, generator=g)
+    b = 3.0 * torch.randn(200_000, 2, generator=g) + torch.tensor([1.0, 2.0])
+    # |mu|^2 = 5; each dimension adds 1 + 9 - 2*sqrt(1*9) = 4.
+    assert frechet_distance(a, b) == pytest.approx(5.0 + 8.0, rel=0.02)
+
+
+def test_is_symmetric():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(300, 5, generator=g), torch.rand(300, 5, generator=g)
+    assert math.isclose(frechet_distance(a, b), frechet_distance(b, a), rel_tol=1e-6)
+
+
+def test_bad_shapes_are_rejected_clearly():
+    with pytest.raises(ValueError, match="feature sizes differ: 3 and 4"):
+        frechet_distance(torch.zeros(5, 3), torch.zeros(5, 4))
+    with pytest.raises(ValueError, match=r"must have shape \(N >= 2, D\)"):
+        frechet_distance(torch.zeros(5), torch.zeros(5, 1))
+
+
+def test_fashion_labels_by_name_or_index_and_clear_errors():
+    from utils.models import fashion_label
+
+    assert fashion_label("sneaker") == 7 and fashion_label("Ankle boot") == 9
+    assert fashion_label("T-shirt") == 0 and fashion_label("t-shirt/top") == 0 and fashion_label(3) == 3
+    with pytest.raises(ValueError, match=r"unknown Fashion-MNIST label 'hat'; valid labels: 0=T-shirt/top"):
+        fashion_label("hat")
+    with pytest.raises(ValueError, match="label 10 is outside 0..9"):
+        fashion_label(10)
+    with pytest.raises(ValueError, match="unknown Fashion-MNIST label"):
+        fashion_label(True)
+
+
+def test_sample_scores_on_an_untrained_classifier():
+    from utils.models import FashionClassifier, sample_scores
+
+    torch.manual_seed(0)
+    model = FashionClassifier()
+    real = torch.rand(64, 1, 28, 28)
+    scores = sample_scores(model, real, real, requested=torch.zeros(64, dtype=torch.long))
+    assert scores["frechet_distance"] == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 <= scores["class_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match=r"FashionClassifier input must have shape \(batch, 1, 28, 28\)"):
+        sample_scores(model, torch.rand(4, 784), real)
