@@ -35,3 +35,33 @@ def test_show_rows_and_grid_save_figures(tmp_path):
     assert fig.axes[0].get_title() == "six"
     assert (tmp_path / "rows.png").stat().st_size > 0 and (tmp_path / "grid.png").stat().st_size > 0
     plt.close("all")
+
+
+def test_load_image_converts_grey_and_rgba_and_resizes(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (40, 20), 128).save(tmp_path / "grey.png")
+    Image.new("RGBA", (30, 30), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    grey = images.load_image(tmp_path / "grey.png", size=10)
+    assert grey.shape == (1, 3, 10, 20) and torch.allclose(grey, torch.full_like(grey, 128 / 255))
+    clear = images.load_image(str(tmp_path / "clear.png"), size=(8, 12))
+    assert clear.shape == (1, 3, 8, 12) and torch.allclose(clear, torch.ones_like(clear))  # over white
+
+
+def test_load_image_bad_input_gets_clear_errors(tmp_path, data_home):
+    with pytest.raises(FileNotFoundError, match=r"no image at '.*missing.jpg': it is not a file, not a URL"):
+        images.load_image(tmp_path / "missing.jpg")
+    (tmp_path / "notes.jpg").write_text("not really a JPEG")
+    with pytest.raises(ValueError, match="is not an image that Pillow can read"):
+        images.load_image(tmp_path / "notes.jpg")
+    with pytest.raises(FileNotFoundError, match=r"could not download the image http://127.0.0.1:9/x.jpg"):
+        images.load_image("http://127.0.0.1:9/x.jpg")
+    (tmp_path / "ok.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="not an image"):
+        images.load_image(tmp_path / "ok.png")
+
+
+def test_bundled_samples_load():
+    night = images.load_image("starry_night", size=64)
+    assert night.shape[:3] == (1, 3, 64) and night.shape[3] > 64  # landscape
+    assert images.load_image("grace_hopper", size=32).shape[1] == 3

@@ -70,3 +70,100 @@ def _finish(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
     if path is not None:
         fig.savefig(path, dpi=100, bbox_inches="tight")
     return fig
+
+
+# --- Loading images -----------------------------------------------------------------------
+
+_BOOK_IMAGES = Path(__file__).resolve().parent.parent / "book" / "images"
+#: Public-domain Starry Night (van Gogh, 1889), for readers without the book's files (Colab).
+STARRY_NIGHT_URL = ("https://upload.wikimedia.org/wikipedia/commons/thumb/e/ea/"
+                    "Van_Gogh_-_Starry_Night_-_Google_Art_Project.jpg/1024px-Van_Gogh_-_Starry_Night_-_Google_Art_Project.jpg")
+#: Bundled sample images by name, and where they come from.
+SAMPLES = {
+    "starry_night": "Vincent van Gogh, The Starry Night (1889); book/images/, the data folder or Wikimedia",
+    "grace_hopper": "Grace Hopper, from matplotlib's sample data",
+    "astronaut": "Eileen Collins, from scikit-image's sample data",
+    "chelsea": "Chelsea the cat, from scikit-image's sample data",
+    "coffee": "a cup of coffee, from scikit-image's sample data",
+}
+
+
+def _sample(name: str):
+    from PIL import Image
+
+    if name == "starry_night":
+        from . import data
+
+        for folder in (_BOOK_IMAGES, data.data_dir() / "images"):
+            if (folder / "starry_night.jpg").is_file():
+                return Image.open(folder / "starry_night.jpg")
+        return _open(_fetch(STARRY_NIGHT_URL))
+    if name == "grace_hopper":
+        from matplotlib import cbook
+
+        return Image.open(cbook.get_sample_data("grace_hopper.jpg"))
+    try:
+        from skimage import data as skdata
+    except ImportError:
+        raise ModuleNotFoundError(f"the sample {name!r} comes with scikit-image: pip install scikit-image") from None
+    return Image.fromarray(getattr(skdata, name)())
+
+
+def _fetch(url: str) -> Path:
+    from . import data
+
+    dest = data.cache_dir() / "images" / Path(url.split("?")[0]).name
+    if not dest.is_file():
+        try:
+            data.download(url, dest)
+        except Exception as exc:  # noqa: BLE001
+            raise FileNotFoundError(f"could not download the image {url} ({type(exc).__name__}: {exc}); "
+                                    "download it yourself and pass its path") from None
+    return dest
+
+
+def _open(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image that Pillow can read (JPEG, PNG, ...)") from None
+    except OSError as exc:
+        raise ValueError(f"{path} could not be read as an image: {exc}") from None
+    return image
+
+
+def load_image(source: str | Path, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """An RGB image as a tensor (1, 3, H, W) in [0, 1], from a path, a URL or a sample name.
+
+    Sample names are the keys of :data:`SAMPLES`. Grey, palette and RGBA images are converted to
+    RGB (transparency over white). ``size`` is the length of the shorter side, or (height, width).
+    """
+    from PIL import Image
+
+    text = str(source)
+    if text.startswith(("http://", "https://")):
+        image = _open(_fetch(text))
+    elif Path(text).expanduser().is_file():
+        image = _open(Path(text).expanduser())
+    elif text in SAMPLES:
+        image = _sample(text)
+    else:
+        raise FileNotFoundError(f"no image at {text!r}: it is not a file, not a URL, and not one of the "
+                                f"bundled samples ({', '.join(SAMPLES)})")
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("RGB")
+    if size is not None:
+        if isinstance(size, int):
+            if size <= 0:
+                raise ValueError(f"size must be positive, got {size}")
+            scale = size / min(image.size)
+            size = (round(image.height * scale), round(image.width * scale))
+        image = image.resize((size[1], size[0]), Image.LANCZOS)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
