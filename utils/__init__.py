@@ -2,9 +2,14 @@
 
 One module per concern; importing the package has no side effects:
 
-- :mod:`utils.runtime`  -- profiles (smoke/full), device choice, seeding
-- :mod:`utils.data`     -- datasets that load from a local folder, online, or offline registries
-- :mod:`utils.images`   -- image grids for figures
-- :mod:`utils.training` -- progress bars, loss history, TensorBoard writers
-- :mod:`utils.results`  -- the measured metrics each chapter records
+- :mod:`utils.runtime`   -- profiles (smoke/full), device choice, seeding
+- :mod:`utils.data`      -- datasets from a local folder, online, or offline registries; one clear error
+- :mod:`utils.images`    -- loading images, image grids for figures
+- :mod:`utils.training`  -- progress bars, loss history, TensorBoard writers and their logs
+- :mod:`utils.metrics`   -- the Frechet distance between feature sets
+- :mod:`utils.models`    -- models that measure others (the Fashion-MNIST classifier)
+- :mod:`utils.vgg`       -- a frozen VGG19 that carries the preprocessing of its weights
+- :mod:`utils.text`      -- vocabulary, batching for truncated BPTT, temperature sampling
+- :mod:`utils.results`   -- the measured metrics each chapter records
+- :mod:`utils.notebooks` -- executing a chapter for the book with clean stored outputs
 """

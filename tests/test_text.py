@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from utils import text
+
+
+def test_vocabulary_round_trip_and_special_tokens():
+    vocab = text.Vocabulary("hello world", specials=("<eos>",))
+    assert vocab.itos[0] == "<eos>" and len(vocab) == 1 + len(set("hello world"))
+    ids = vocab.encode(list("hello"))
+    assert ids.dtype == torch.long and "".join(vocab.decode(ids)) == "hello"
+
+
+def test_unknown_tokens_are_named_or_mapped_to_unk():
+    chars = text.Vocabulary("abc")
+    with pytest.raises(ValueError, match=r"2 token\(s\) not in the vocabulary of 3: 'x', 'é'"):
+        chars.encode(list("abxé"))
+    words = text.Vocabulary("the cat sat".split(), unk="<unk>")
+    assert words.decode(words.encode("the dog sat".split())) == ["the", "<unk>", "sat"]
+
+
+def test_batchify_makes_contiguous_columns_and_drops_the_rest():
+    source = text.batchify(torch.arange(26), 4)  # 26 tokens -> 6 rows x 4 columns, 2 dropped
+    assert source.shape == (6, 4)
+    assert source[:, 0].tolist() == [0, 1, 2, 3, 4, 5] and source[:, 1].tolist() == [6, 7, 8, 9, 10, 11]
+    with pytest.raises(ValueError, match="cannot split 3 tokens into 4 columns"):
+        text.batchify(torch.arange(3), 4)
+
+
+def test_get_batch_shifts_targets_by_one_and_shortens_at_the_end():
+    source = text.batchify(torch.arange(24), 2)  # 12 rows
+    x, y = text.get_batch(source, 0, 5)
+    assert x.shape == y.shape == (5, 2) and torch.equal(y[:-1], x[1:])
+    x, y = text.get_batch(source, 10, 5)
+    assert x.shape == (1, 2) and y[0].tolist() == [11, 23]
+    with pytest.raises(ValueError, match="no batch starts at row 11"):
+        text.get_batch(source, 11, 5)
+
+
+def test_temperature_reshapes_the_distribution_and_must_be_positive():
+    logits = torch.tensor([2.0, 1.0, 0.0])
+    cold, warm = text.reweight(logits, 0.5), text.reweight(logits, 2.0)
+    assert cold[0] > text.reweight(logits, 1.0)[0] > warm[0]
+    assert torch.allclose(cold.sum(), torch.tensor(1.0))
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="temperature must be > 0"):
+            text.sample(logits, bad)
+    g = torch.Generator().manual_seed(0)
+    draws = [text.sample(torch.tensor([0.0, 10.0, 0.0]), 1.0, g) for _ in range(20)]
+    assert draws.count(1) >= 19
+
+
+def _counting_model(vocab_size):
+    """A fake model that always predicts the token after the last one (cyclically)."""
+    def step(ids, state):
+        logits = torch.full((len(ids), 1, vocab_size), -10.0)
+        for t, i in enumerate(ids[:, 0].tolist()):
+            logits[t, 0, (i + 1) % vocab_size] = 10.0
+        return logits, state
+    return step
+
+
+def test_generate_greedy_and_sampled_and_bad_prompts():
+    vocab = text.Vocabulary("abcd")
+    step = _counting_model(len(vocab))
+    assert text.generate(step, vocab, list("ab"), 5, greedy=True) == list("cdabc")
+    assert text.generate(step, vocab, list("a"), 3, temperature=0.5, generator=torch.Generator().manual_seed(1)) == list("bcd")
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        text.generate(step, vocab, [], 3)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        text.generate(step, vocab, list("az"), 3)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        text.generate(step, vocab, list("a"), 3, temperature=0.0)

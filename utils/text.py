@@ -1,0 +1,115 @@
+"""The small text pipeline the LSTM chapters share (torchtext's Field and BPTTIterator are gone).
+
+Vocabulary and encoding, batching a token stream into columns for truncated backpropagation
+through time, sampling the next token with a softmax temperature, and generation from a prompt.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+
+class Vocabulary:
+    """Maps tokens (characters or words) to indices and back.
+
+    With ``unk`` set (e.g. ``"<unk>"``), unknown tokens are encoded as ``unk``; without it, encoding
+    an unknown token raises a ValueError that names it.
+    """
+
+    def __init__(self, tokens: Iterable[str], unk: str | None = None, specials: Sequence[str] = ()):
+        ordered = list(dict.fromkeys([*specials, *([unk] if unk else [])]))
+        ordered += sorted(set(tokens) - set(ordered))
+        if not ordered:
+            raise ValueError("cannot build a vocabulary from no tokens")
+        self.itos: list[str] = ordered
+        self.stoi: dict[str, int] = {token: i for i, token in enumerate(ordered)}
+        self.unk = unk
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self.stoi
+
+    def encode(self, tokens: Sequence[str]) -> torch.Tensor:
+        """Token indices as a LongTensor (unknown tokens: see the class docstring)."""
+        unknown = sorted({t for t in tokens if t not in self.stoi})
+        if unknown and self.unk is None:
+            shown = ", ".join(repr(t) for t in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+            raise ValueError(f"{len(unknown)} token(s) not in the vocabulary of {len(self)}: {shown}")
+        fallback = self.stoi.get(self.unk, -1) if self.unk else -1
+        return torch.tensor([self.stoi.get(t, fallback) for t in tokens], dtype=torch.long)
+
+    def decode(self, indices: Iterable[int] | torch.Tensor) -> list[str]:
+        """The tokens of the given indices."""
+        return [self.itos[int(i)] for i in indices]
+
+
+def batchify(stream: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A 1-D token stream -> (T, batch_size): column b holds the b-th contiguous slice.
+
+    The tokens that do not fill a whole row are dropped. Columns are independent streams, so a
+    hidden state can be carried from one (bptt x batch) chunk to the next.
+    """
+    if stream.dim() != 1:
+        raise ValueError(f"batchify needs a 1-D stream of token ids, got shape {tuple(stream.shape)}")
+    if batch_size <= 0 or len(stream) < batch_size:
+        raise ValueError(f"cannot split {len(stream)} tokens into {batch_size} columns")
+    rows = len(stream) // batch_size
+    return stream[:rows * batch_size].view(batch_size, rows).t().contiguous()
+
+
+def get_batch(source: torch.Tensor, i: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``source[i:i+L]`` and targets ``source[i+1:i+1+L]`` with L = min(bptt, T - 1 - i)."""
+    length = min(bptt, len(source) - 1 - i)
+    if length <= 0:
+        raise ValueError(f"no batch starts at row {i} of a source with {len(source)} rows")
+    return source[i:i + length], source[i + 1:i + 1 + length]
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}; for the limit T -> 0 "
+                         "use greedy decoding (the most likely token)")
+
+
+def reweight(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(logits / T): the next-token distribution at temperature T."""
+    _check_temperature(temperature)
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> int:
+    """One token index drawn from softmax(logits / temperature)."""
+    probabilities = reweight(logits.detach().reshape(-1).cpu(), temperature)
+    return int(torch.multinomial(probabilities, 1, generator=generator))
+
+
+Step = Callable[[torch.Tensor, object], tuple[torch.Tensor, object]]
+
+
+@torch.no_grad()
+def generate(step: Step, vocab: Vocabulary, prompt: Sequence[str], length: int, temperature: float = 1.0,
+             greedy: bool = False, generator: torch.Generator | None = None) -> list[str]:
+    """Continue ``prompt`` by ``length`` tokens.
+
+    ``step(ids, state)`` runs the model on token ids of shape (L, 1) from ``state`` (None at the
+    start) and returns the logits of shape (L, 1, V) and the new state. Each new token is the most
+    likely one (``greedy``) or a sample at ``temperature``.
+    """
+    if len(prompt) == 0:
+        raise ValueError("the prompt is empty: give at least one token to start from")
+    if not greedy:
+        _check_temperature(temperature)
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    ids = vocab.encode(prompt).view(-1, 1)
+    logits, state = step(ids, None)
+    tokens: list[str] = []
+    for _ in range(length):
+        last = logits[-1, 0]
+        index = int(last.argmax()) if greedy else sample(last, temperature, generator)
+        tokens.append(vocab.itos[index])
+        logits, state = step(torch.tensor([[index]], device=ids.device), state)
+    return tokens
