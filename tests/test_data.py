@@ -8,7 +8,7 @@ import torch
 
 from utils import data
 
-SPEC = data.FileSet(name="Toy", files=(("a.txt", None), ("b.txt", None)), subdirs=("Toy/raw", "Toy"),
+SPEC = data.FileSet(name="the Toy dataset", files=(("a.txt", None), ("b.txt", None)), subdirs=("Toy/raw", "Toy"),
                     mirrors=("http://mirror-one.invalid/", "http://mirror-two.invalid/"),
                     how_to="Ask a friend for the files.")
 
@@ -75,7 +75,7 @@ def test_offline_switch_skips_the_network(data_home, monkeypatch):
 
 def test_unreachable_server_fails_fast_with_the_real_downloader(data_home):
     # Port 9 on the loopback interface has no server: the connection is refused at once.
-    spec = data.FileSet(name="Toy", files=(("a.txt", None),), subdirs=("Toy",),
+    spec = data.FileSet(name="the Toy dataset", files=(("a.txt", None),), subdirs=("Toy",),
                         mirrors=("http://127.0.0.1:9/",))
     start = time.perf_counter()
     with pytest.raises(data.DatasetNotFoundError, match=r"online: http://127.0.0.1:9/ \(URLError"):
@@ -170,3 +170,15 @@ def test_celeba_missing_everywhere_names_every_source(data_home, monkeypatch):
     message = str(err.value)
     assert str(data_home / "celeba") in message and "quota exceeded" in message
     assert "daily quota" in message and "celeba64-10k.zip" in message
+
+
+def test_nietzsche_is_read_as_latin1_from_the_data_folder(data_home):
+    (data_home / "nietzsche.txt").write_bytes(b"preface\n\nwerthsch\xe3\xa4tzung\n")  # not valid UTF-8
+    text = data.nietzsche_text()
+    assert text.startswith("preface") and len(text) == 25 and "werthsch\xe3\xa4tzung" in text
+
+
+def test_nietzsche_missing_gives_one_clear_error(data_home, monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    with pytest.raises(data.DatasetNotFoundError, match=r"(?s)Could not find the Nietzsche text.*nietzsche.txt"):
+        data.nietzsche_text()

@@ -107,11 +107,15 @@ def _complete(folder: Path, spec: FileSet) -> bool:
     return all((folder / name).is_file() for name, _ in spec.files)
 
 
-def locate(spec: FileSet, *, online: bool | None = None,
-           fetch: Callable[[str, Path, str | None], Path] = download) -> Path:
+def offline() -> bool:
+    """True when ``$GDL_OFFLINE`` asks the loaders not to use the network."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def locate(spec: FileSet, fetch: Callable[[str, Path, str | None], Path] = download) -> Path:
     """The folder holding every file of ``spec``, trying in order:
 
-    1. the data folder (``$GDL_DATA_DIR``, then the default cache), in each of ``spec.subdirs``;
+    1. the data folder (``$GDL_DATA_DIR``), then the cache, in each of ``spec.subdirs``;
     2. the canonical online source, each mirror in turn (skipped when ``$GDL_OFFLINE=1``);
     3. folders installed by registry packages (``spec.offline``).
 
@@ -125,9 +129,7 @@ def locate(spec: FileSet, *, online: bool | None = None,
                 return folder
             tried.append(f"data folder: {folder} (files missing)")
 
-    if online is None:
-        online = os.environ.get(OFFLINE_ENV, "").strip().lower() not in {"1", "true", "yes"}
-    if not online:
+    if offline():
         tried.append(f"online: skipped because {OFFLINE_ENV} is set")
     elif spec.mirrors:
         dest = cache_dir() / spec.subdirs[0]
@@ -148,7 +150,7 @@ def locate(spec: FileSet, *, online: bool | None = None,
     needed = ", ".join(name for name, _ in spec.files)
     lines = "\n  - ".join(tried)
     raise DatasetNotFoundError(
-        f"Could not find the {spec.name} dataset. Tried, in order:\n  - {lines}\n"
+        f"Could not find {spec.name}. Tried, in order:\n  - {lines}\n"
         f"To provide it, put {needed} into {data_dir() / spec.subdirs[0]} "
         f"(or set {DATA_DIR_ENV} to a folder that has them)." + (f" {spec.how_to}" if spec.how_to else ""))
 
@@ -157,7 +159,7 @@ def locate(spec: FileSet, *, online: bool | None = None,
 
 def _idx_spec(cls: type[datasets.MNIST], offline: tuple[Path, ...], how_to: str) -> FileSet:
     name = cls.__name__
-    return FileSet(name=name, files=tuple(cls.resources), subdirs=(f"{name}/raw", name),
+    return FileSet(name=f"the {name} dataset", files=tuple(cls.resources), subdirs=(f"{name}/raw", name),
                    mirrors=tuple(cls.mirrors), offline=offline, how_to=how_to)
 
 
@@ -237,7 +239,7 @@ def check_images(batch: torch.Tensor, shape: Sequence[int], what: str = "images"
 
 CELEBA_ZIP = "celeba64-10k.zip"
 CELEBA_FILES = FileSet(
-    name="CelebA faces", files=((CELEBA_ZIP, None),), subdirs=("celeba", "."),
+    name="the CelebA faces", files=((CELEBA_ZIP, None),), subdirs=("celeba", "."),
     how_to="Any zip of aligned face JPEGs works; CelebA itself is at "
            "mmlab.ie.cuhk.edu.hk/projects/CelebA.html (img_align_celeba).")
 
@@ -284,7 +286,7 @@ def celeba_faces(limit: int | None = None, size: int = 64) -> torch.Tensor:
         return _faces_from_zip(locate(CELEBA_FILES) / CELEBA_ZIP, limit, size)
     except DatasetNotFoundError as err:
         tried += [line for line in str(err).splitlines() if line.startswith("  - ")]
-    if os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes"}:
+    if offline():
         tried.append(f"  - online: skipped because {OFFLINE_ENV} is set")
     else:
         try:
@@ -296,3 +298,22 @@ def celeba_faces(limit: int | None = None, size: int = 64) -> torch.Tensor:
         "Could not find the CelebA faces. Tried, in order:\n" + "\n".join(tried) +
         f"\nTo provide them, put {CELEBA_ZIP} (a zip of face JPEGs) into {data_dir() / 'celeba'} "
         f"(or set {DATA_DIR_ENV} to a folder that has it). {CELEBA_FILES.how_to}")
+
+
+# --- Texts --------------------------------------------------------------------------------
+
+# No checksum: the copy we verified (MD5 85dce9bd...) came from a mirror, and the canonical file's
+# own checksum is not published.
+NIETZSCHE_FILES = FileSet(
+    name="the Nietzsche text", files=(("nietzsche.txt", None),),
+    subdirs=("nietzsche", "."), mirrors=("https://s3.amazonaws.com/text-datasets/",),
+    how_to="It is the text of the Keras character-level LSTM example (Beyond Good and Evil, "
+           "Project Gutenberg).")
+
+
+def nietzsche_text() -> str:
+    """Nietzsche's *Beyond Good and Evil* (lower-case English, 600,902 characters).
+
+    Read as latin-1, one character per byte: the file holds a few bytes that are not valid UTF-8.
+    """
+    return (locate(NIETZSCHE_FILES) / "nietzsche.txt").read_text(encoding="latin-1")
