@@ -47,7 +47,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 _TORCHVISION_FILE = Path(VGG19_Weights.IMAGENET1K_V1.url).name  # vgg19-dcbb9e9d.pth
 TORCHVISION_WEIGHTS = data.FileSet(
-    name="VGG19 ImageNet weights (torchvision)", files=((_TORCHVISION_FILE, None),), subdirs=("vgg19",),
+    name="VGG19's ImageNet weights (torchvision)", files=((_TORCHVISION_FILE, None),), subdirs=("vgg19",),
     mirrors=(VGG19_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[0] + "/",),
     offline=(Path(torch.hub.get_dir()) / "checkpoints",))
 
