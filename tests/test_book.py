@@ -19,13 +19,15 @@ def toc_files() -> list[str]:
     return files
 
 
-CHAPTERS = [f for f in toc_files() if (ROOT / f"{f}.ipynb").is_file()]
+#: Notebooks that present the book rather than teach a model: no training, exercises or results file.
+PAGES = {"book/results"}
+CHAPTERS = [f for f in toc_files() if (ROOT / f"{f}.ipynb").is_file() and f not in PAGES]
 
 
 def test_every_toc_entry_exists_and_every_notebook_is_listed():
     for entry in toc_files():
         assert any((ROOT / f"{entry}{ext}").is_file() for ext in (".md", ".ipynb")), entry
-    listed = set(CHAPTERS)
+    listed = set(toc_files())
     for notebook in (ROOT / "book").glob("*.ipynb"):
         assert f"book/{notebook.stem}" in listed, f"{notebook.name} is not in _toc.yml"
 
@@ -71,3 +73,11 @@ def test_chapter_results_come_from_a_full_run(chapter):
     nb = nbformat.read(ROOT / f"{chapter}.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "profile: full" in printed, "the stored outputs must come from the full profile"
+
+
+def test_results_page_shows_every_chapter():
+    nb = nbformat.read(ROOT / "book" / "results.ipynb", as_version=4)
+    table = "".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells if c.cell_type == "code"
+                    for o in c.outputs)
+    for chapter in CHAPTERS:
+        assert f"| {Path(chapter).stem} |" in table, f"{chapter} is missing from the stored results table"
