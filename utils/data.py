@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
@@ -262,7 +263,7 @@ def _face_tensor(image, size: int) -> torch.Tensor:
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     image = image.crop((left, top, left + side, top + side)).resize((size, size), 3)  # 3 = bicubic
-    return torch.from_numpy(__import__("numpy").asarray(image).copy()).permute(2, 0, 1)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
 def _faces_from_torchvision(limit: int | None, size: int) -> torch.Tensor:
