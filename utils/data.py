@@ -62,19 +62,22 @@ def data_dir() -> Path:
     return Path(value).expanduser() if value else DEFAULT_DATA_DIR
 
 
+def _cache_path() -> Path:
+    value = os.environ.get(CACHE_DIR_ENV, "").strip()
+    return Path(value).expanduser() if value else DEFAULT_DATA_DIR
+
+
 def cache_dir() -> Path:
     """The writable folder for downloads, unpacked copies and checkpoints: ``$GDL_CACHE_DIR``,
     else ``~/.cache/gdl-pytorch``. Kept apart from the data folder, which may be shared or read-only.
     """
-    value = os.environ.get(CACHE_DIR_ENV, "").strip()
-    folder = Path(value).expanduser() if value else DEFAULT_DATA_DIR
+    folder = _cache_path()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def _search_roots() -> list[Path]:
-    value = os.environ.get(CACHE_DIR_ENV, "").strip()
-    roots = [data_dir(), Path(value).expanduser() if value else DEFAULT_DATA_DIR]
+    roots = [data_dir(), _cache_path()]
     return [r for i, r in enumerate(roots) if r not in roots[:i]]
 
 

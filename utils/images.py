@@ -1,4 +1,4 @@
-"""Image grids for the book's figures: rows of tensors with titles, shown inline or saved."""
+"""Images for the book: loading them (path, URL or bundled sample) and drawing titled grids."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torchvision.utils import make_grid
+
+from . import data
 
 
 def grid_array(images: torch.Tensor, nrow: int = 8, padding: int = 2,
@@ -92,8 +94,6 @@ def _sample(name: str):
     from PIL import Image
 
     if name == "starry_night":
-        from . import data
-
         for folder in (_BOOK_IMAGES, data.data_dir() / "images"):
             if (folder / "starry_night.jpg").is_file():
                 return Image.open(folder / "starry_night.jpg")
@@ -110,8 +110,6 @@ def _sample(name: str):
 
 
 def _fetch(url: str) -> Path:
-    from . import data
-
     dest = data.cache_dir() / "images" / Path(url.split("?")[0]).name
     if not dest.is_file():
         try:

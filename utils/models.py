@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data
+from .metrics import frechet_distance
 from .training import progress
 
 #: Fashion-MNIST's ten classes, in label order.
@@ -128,8 +129,6 @@ def sample_scores(model: FashionClassifier, samples: torch.Tensor, reference: to
     better); with ``requested`` labels, ``class_accuracy``: how often the classifier predicts
     the class each sample was asked to be.
     """
-    from .metrics import frechet_distance
-
     predicted, features = classify(model, samples)
     scores = {"frechet_distance": frechet_distance(features, classify(model, reference)[1])}
     if requested is not None:

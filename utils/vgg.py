@@ -91,6 +91,8 @@ class VGG19Features(nn.Module):
             if name not in LAYER_INDEX:
                 raise ValueError(f"unknown VGG19 layer {name!r}; use names like 'relu4_2' or 'pool5'")
             wanted[LAYER_INDEX[name]] = name
+        if not wanted:
+            raise ValueError("name at least one VGG19 layer, e.g. ['relu4_2']")
         outputs = {}
         for index, layer in enumerate(self.features[:max(wanted) + 1]):
             x = layer(x)
