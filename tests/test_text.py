@@ -71,3 +71,40 @@ def test_generate_greedy_and_sampled_and_bad_prompts():
         text.generate(step, vocab, list("az"), 3)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         text.generate(step, vocab, list("a"), 3, temperature=0.0)
+
+
+def test_word_tokens_close_every_line_with_eos():
+    assert text.word_tokens(["the cat sat", "", " a  dog "]) == ["the", "cat", "sat", "<eos>", "<eos>", "a", "dog", "<eos>"]
+
+
+def test_detach_state_keeps_values_and_cuts_the_graph():
+    w = torch.ones(2, requires_grad=True)
+    h, c = w * 2, w * 3
+    assert text.detach_state(None) is None
+    single = text.detach_state(h)
+    pair = text.detach_state((h, c))
+    assert not single.requires_grad and torch.equal(single, h)
+    assert all(not s.requires_grad for s in pair) and torch.equal(pair[1], c)
+
+
+class _Bigram(torch.nn.Module):
+    """A model whose logits depend only on the current token: an exact cross-entropy to compare with."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = table
+        self.drop = torch.nn.Dropout(0.9)
+
+    def forward(self, ids, state=None):
+        return self.drop(self.table[ids]), state
+
+
+def test_evaluate_is_the_mean_nats_per_token_in_eval_mode():
+    torch.manual_seed(0)
+    table = torch.randn(5, 5)
+    stream = torch.randint(0, 5, (61,))
+    source = text.batchify(stream, 3)  # (20, 3)
+    model = _Bigram(table).train()
+    expected = torch.nn.functional.cross_entropy(table[source[:-1]].flatten(0, 1), source[1:].flatten()).item()
+    assert abs(text.evaluate(model, source, bptt=7) - expected) < 1e-5  # chunks of 7, 7, 5 rows; no dropout
+    assert model.training  # the former mode is restored

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 class Vocabulary:
@@ -68,6 +70,48 @@ def get_batch(source: torch.Tensor, i: int, bptt: int) -> tuple[torch.Tensor, to
     return source[i:i + length], source[i + 1:i + 1 + length]
 
 
+def word_tokens(lines: Iterable[str], eos: str = "<eos>") -> list[str]:
+    """Whitespace-split words of each line, each line closed by ``eos`` (WikiText's convention)."""
+    return [word for line in lines for word in (*line.split(), eos)]
+
+
+State = torch.Tensor | tuple[torch.Tensor, ...] | None
+
+
+def detach_state(state: State) -> State:
+    """The same hidden state cut from the graph of the previous chunk (``repackage_hidden``).
+
+    Truncated backpropagation through time carries the *values* of the state from one chunk to the
+    next, but not its history: without this, every backward pass would run back to the first chunk.
+    """
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    return tuple(s.detach() for s in state)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, source: torch.Tensor, bptt: int) -> float:
+    """Mean cross-entropy in nats per token of ``model`` on a batchified ``source`` (T, B).
+
+    ``model(ids, state)`` returns logits (L, B, V) and the new state. The state is carried across
+    chunks, as in training; the model is put in eval mode (no dropout) and back in its former mode.
+    """
+    was_training = model.training
+    model.eval()
+    total, count, state = 0.0, 0, None
+    try:
+        for i in range(0, len(source) - 1, bptt):
+            inputs, targets = get_batch(source, i, bptt)
+            logits, state = model(inputs, state)
+            total += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
+            count += targets.numel()
+    finally:
+        model.train(was_training)
+    return total / count
+
+
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}; for the limit T -> 0 "
@@ -91,12 +135,13 @@ Step = Callable[[torch.Tensor, object], tuple[torch.Tensor, object]]
 
 @torch.no_grad()
 def generate(step: Step, vocab: Vocabulary, prompt: Sequence[str], length: int, temperature: float = 1.0,
-             greedy: bool = False, generator: torch.Generator | None = None) -> list[str]:
+             greedy: bool = False, generator: torch.Generator | None = None,
+             device: torch.device | str = "cpu") -> list[str]:
     """Continue ``prompt`` by ``length`` tokens.
 
     ``step(ids, state)`` runs the model on token ids of shape (L, 1) from ``state`` (None at the
     start) and returns the logits of shape (L, 1, V) and the new state. Each new token is the most
-    likely one (``greedy``) or a sample at ``temperature``.
+    likely one (``greedy``) or a sample at ``temperature``. The ids are put on ``device``, the model's.
     """
     if len(prompt) == 0:
         raise ValueError("the prompt is empty: give at least one token to start from")
@@ -104,7 +149,7 @@ def generate(step: Step, vocab: Vocabulary, prompt: Sequence[str], length: int, 
         _check_temperature(temperature)
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")
-    ids = vocab.encode(prompt).view(-1, 1)
+    ids = vocab.encode(prompt).view(-1, 1).to(device)
     logits, state = step(ids, None)
     tokens: list[str] = []
     for _ in range(length):
