@@ -182,3 +182,43 @@ def test_nietzsche_missing_gives_one_clear_error(data_home, monkeypatch):
     monkeypatch.setenv(data.OFFLINE_ENV, "1")
     with pytest.raises(data.DatasetNotFoundError, match=r"(?s)Could not find the Nietzsche text.*nietzsche.txt"):
         data.nietzsche_text()
+
+
+def _wikitext_folder(data_home, train_lines=None):
+    folder = data_home / "wikitext-2"
+    folder.mkdir()
+    (folder / "valid.txt").write_text("".join(f" valid line {i} \n" for i in range(10)))
+    (folder / "test.txt").write_text(" test line \n")
+    if train_lines is not None:
+        (folder / "train.txt").write_text(" train line \n" * train_lines)
+    return folder
+
+
+def test_wikitext2_without_train_split_says_what_trains_on_what(data_home, monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    _wikitext_folder(data_home)
+    with pytest.warns(UserWarning, match=r"(?s)train.txt was not found.*Training on the first 80% of valid.txt"):
+        splits = data.wikitext2(held_out=0.2)
+    assert splits.train == [f" valid line {i} " for i in range(8)] and len(splits.valid) == 2
+    assert splits.test == [" test line "]
+    description = splits.describe()
+    assert "train: valid.txt, lines 1-8 (train.txt not found) (8 lines)" in description
+    assert "valid: valid.txt, lines 9-10" in description and "test : test.txt" in description
+    with pytest.raises(ValueError, match="held_out must be a fraction"):
+        data.wikitext2(held_out=1.0)
+
+
+def test_wikitext2_uses_train_txt_when_present_and_checks_it(data_home):
+    _wikitext_folder(data_home, train_lines=data.WIKITEXT2_TRAIN_LINES)
+    splits = data.wikitext2()
+    assert len(splits.train) == data.WIKITEXT2_TRAIN_LINES and splits.sources["train"] == "train.txt"
+    (data_home / "wikitext-2" / "train.txt").write_text("a partial download\n")
+    with pytest.raises(data.DatasetNotFoundError, match="has 1 lines, but WikiText-2's train.txt has 36,718"):
+        data.wikitext2()
+
+
+def test_wikitext2_missing_gives_one_clear_error(data_home, monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    with pytest.raises(data.DatasetNotFoundError,
+                       match=r"(?s)Could not find WikiText-2 \(valid.txt and test.txt\).*valid.txt, test.txt into"):
+        data.wikitext2()

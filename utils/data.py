@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -321,3 +322,70 @@ def nietzsche_text() -> str:
     Read as latin-1, one character per byte: the file holds a few bytes that are not valid UTF-8.
     """
     return (locate(NIETZSCHE_FILES) / "nietzsche.txt").read_text(encoding="latin-1")
+
+
+# WikiText-2 in the tokenized form of PyTorch's word_language_model example. The commit-pinned copy
+# matches the checksums; ``main`` is the fallback mirror. The train split's checksum is not published
+# with the example, so it is checked by its line count instead (36,718 lines).
+_WIKITEXT2_URL = "https://raw.githubusercontent.com/pytorch/examples/{}/word_language_model/data/wikitext-2/"
+_WIKITEXT2_MIRRORS = (_WIKITEXT2_URL.format("77f55b912142e11fcfdf5b530231fb9c52f181e8"), _WIKITEXT2_URL.format("main"))
+_WIKITEXT2_HOW_TO = "The files are those of github.com/pytorch/examples, word_language_model/data/wikitext-2/."
+WIKITEXT2_EVAL_FILES = FileSet(
+    name="WikiText-2 (valid.txt and test.txt)",
+    files=(("valid.txt", "d756d22ab2310e7e60c094bea5c5a8eb"), ("test.txt", "781c9418ab9414bd09e4aad825aae752")),
+    subdirs=("wikitext-2",), mirrors=_WIKITEXT2_MIRRORS, how_to=_WIKITEXT2_HOW_TO)
+WIKITEXT2_TRAIN_FILES = FileSet(
+    name="WikiText-2 (train.txt)", files=(("train.txt", None),), subdirs=("wikitext-2",),
+    mirrors=_WIKITEXT2_MIRRORS, how_to=_WIKITEXT2_HOW_TO)
+WIKITEXT2_TRAIN_LINES = 36_718
+
+
+@dataclass(frozen=True)
+class TextSplits:
+    """The lines of a corpus's train, validation and test splits, and where each came from."""
+
+    train: list[str]
+    valid: list[str]
+    test: list[str]
+    sources: dict[str, str]
+
+    def describe(self) -> str:
+        """One line per split: its role, its source and its size."""
+        return "\n".join(f"{role:5s}: {self.sources[role]} ({len(getattr(self, role)):,} lines)"
+                         for role in ("train", "valid", "test"))
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def wikitext2(held_out: float = 0.1) -> TextSplits:
+    """WikiText-2's splits as lines of space-separated tokens (rare words already ``<unk>``).
+
+    valid.txt and test.txt are required (see :func:`locate`). When train.txt cannot be found
+    anywhere, the model is trained on the first ``1 - held_out`` of valid.txt's lines and validated
+    on the rest, test.txt stays the test split, and a warning says so -- never silently.
+    """
+    if not 0 < held_out < 1:
+        raise ValueError(f"held_out must be a fraction between 0 and 1, got {held_out}")
+    folder = locate(WIKITEXT2_EVAL_FILES)
+    valid, test = _lines(folder / "valid.txt"), _lines(folder / "test.txt")
+    try:
+        train_path = locate(WIKITEXT2_TRAIN_FILES) / "train.txt"
+    except DatasetNotFoundError as err:
+        cut = round(len(valid) * (1 - held_out))
+        tried = "\n".join(line for line in str(err).splitlines() if line.startswith("  - "))
+        warnings.warn(f"WikiText-2's train.txt was not found; tried:\n{tried}\nTraining on the first "
+                      f"{1 - held_out:.0%} of valid.txt instead and validating on the rest; test.txt is "
+                      "still the test split. Perplexities are then not comparable with published ones.",
+                      stacklevel=2)
+        return TextSplits(train=valid[:cut], valid=valid[cut:], test=test, sources={
+            "train": f"valid.txt, lines 1-{cut:,} (train.txt not found)",
+            "valid": f"valid.txt, lines {cut + 1:,}-{len(valid):,}", "test": "test.txt"})
+    train = _lines(train_path)
+    if len(train) != WIKITEXT2_TRAIN_LINES:
+        raise DatasetNotFoundError(f"{train_path} has {len(train):,} lines, but WikiText-2's train.txt has "
+                                   f"{WIKITEXT2_TRAIN_LINES:,}: it is another file or a partial download. "
+                                   f"Delete it and try again. {_WIKITEXT2_HOW_TO}")
+    return TextSplits(train=train, valid=valid, test=test,
+                      sources={"train": "train.txt", "valid": "valid.txt", "test": "test.txt"})
