@@ -56,3 +56,14 @@ def test_sample_scores_on_an_untrained_classifier():
     assert 0.0 <= scores["class_accuracy"] <= 1.0
     with pytest.raises(ValueError, match=r"FashionClassifier input must have shape \(batch, 1, 28, 28\)"):
         sample_scores(model, torch.rand(4, 784), real)
+
+
+def test_sample_scores_accepts_precomputed_reference_features():
+    from utils.models import FashionClassifier, classify, sample_scores
+
+    torch.manual_seed(0)
+    model = FashionClassifier()
+    samples, real = torch.rand(64, 1, 28, 28), torch.rand(64, 1, 28, 28)
+    from_images = sample_scores(model, samples, real)["frechet_distance"]
+    from_features = sample_scores(model, samples, classify(model, real)[1])["frechet_distance"]
+    assert from_images > 0 and from_features == pytest.approx(from_images, rel=1e-6)

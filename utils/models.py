@@ -127,10 +127,13 @@ def sample_scores(model: FashionClassifier, samples: torch.Tensor, reference: to
 
     ``frechet_distance``: between the classifier features of samples and reference (lower is
     better); with ``requested`` labels, ``class_accuracy``: how often the classifier predicts
-    the class each sample was asked to be.
+    the class each sample was asked to be. ``reference`` is either images (M, 1, 28, 28) or their
+    features from :func:`classify` (M, D), so a chapter that scores several generators against the
+    same real images computes those features once.
     """
     predicted, features = classify(model, samples)
-    scores = {"frechet_distance": frechet_distance(features, classify(model, reference)[1])}
+    reference_features = reference if reference.dim() == 2 else classify(model, reference)[1]
+    scores = {"frechet_distance": frechet_distance(features, reference_features)}
     if requested is not None:
         scores["class_accuracy"] = (predicted == requested.cpu()).float().mean().item()
     return scores
