@@ -164,12 +164,27 @@ def test_celeba_missing_everywhere_names_every_source(data_home, monkeypatch):
     def no_host(*args, **kwargs):
         raise RuntimeError("quota exceeded")
 
-    monkeypatch.setattr(data, "_faces_from_torchvision", no_host)
+    monkeypatch.setattr(data, "_celeba_zip_from_torchvision", no_host)
     with pytest.raises(data.DatasetNotFoundError) as err:
         data.celeba_faces(limit=4)
     message = str(err.value)
     assert str(data_home / "celeba") in message and "quota exceeded" in message
     assert "daily quota" in message and "celeba64-10k.zip" in message
+    assert message.count("To provide it") == 1  # the one message of locate(), not a second one
+
+
+def test_a_fetch_function_fills_the_cache_when_no_mirror_has_the_files(data_home, cache_home):
+    def build(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "made.txt").write_text("built from the canonical source")
+
+    spec = data.FileSet(name="a built dataset", files=(("made.txt", None),), subdirs=("built",), fetch=build,
+                        fetch_from="the builder")
+    assert (data.locate(spec) / "made.txt").read_text() == "built from the canonical source"
+    lazy = data.FileSet(name="a lazy dataset", files=(("never.txt", None),), subdirs=("lazy",),
+                        fetch=lambda folder: None, fetch_from="the lazy builder")
+    with pytest.raises(data.DatasetNotFoundError, match="online: the lazy builder .OSError: it finished without writing never.txt"):
+        data.locate(lazy)
 
 
 def test_nietzsche_is_read_as_latin1_from_the_data_folder(data_home):

@@ -45,8 +45,10 @@ class FileSet:
 
     ``files`` pairs each file name with its MD5 (``None``: not checked); ``subdirs`` are the
     folders inside the data folder to look in (the first is where downloads go);
-    ``mirrors`` are base URLs of the canonical online source; ``offline`` are folders that
-    registry packages install; ``how_to`` tells a reader how to provide the files by hand.
+    ``mirrors`` are base URLs of the canonical online source; ``fetch``, for a source that is not a
+    plain download, writes the files into the folder it is given, and ``fetch_from`` names that
+    source in errors; ``offline`` are folders that registry packages install; ``how_to`` tells a
+    reader how to provide the files by hand.
     """
 
     name: str
@@ -55,6 +57,8 @@ class FileSet:
     mirrors: tuple[str, ...] = ()
     offline: tuple[Path, ...] = ()
     how_to: str = ""
+    fetch: Callable[[Path], None] | None = None
+    fetch_from: str = ""
 
 
 def data_dir() -> Path:
@@ -121,7 +125,8 @@ def locate(spec: FileSet, fetch: Callable[[str, Path, str | None], Path] = downl
     """The folder holding every file of ``spec``, trying in order:
 
     1. the data folder (``$GDL_DATA_DIR``), then the cache, in each of ``spec.subdirs``;
-    2. the canonical online source, each mirror in turn (skipped when ``$GDL_OFFLINE=1``);
+    2. the canonical online source, each mirror in turn, then ``spec.fetch`` (skipped when
+       ``$GDL_OFFLINE=1``);
     3. folders installed by registry packages (``spec.offline``).
 
     Raises :class:`DatasetNotFoundError` listing what was tried and how to provide the files.
@@ -136,7 +141,7 @@ def locate(spec: FileSet, fetch: Callable[[str, Path, str | None], Path] = downl
 
     if offline():
         tried.append(f"online: skipped because {OFFLINE_ENV} is set")
-    elif spec.mirrors:
+    elif spec.mirrors or spec.fetch:
         dest = cache_dir() / spec.subdirs[0]
         for mirror in spec.mirrors:
             try:
@@ -146,6 +151,14 @@ def locate(spec: FileSet, fetch: Callable[[str, Path, str | None], Path] = downl
                 return dest
             except Exception as exc:  # noqa: BLE001 -- any failure means: try the next source
                 tried.append(f"online: {mirror} ({type(exc).__name__}: {exc})")
+        if spec.fetch is not None:
+            try:
+                spec.fetch(dest)
+                if _complete(dest, spec):
+                    return dest
+                raise OSError("it finished without writing " + ", ".join(name for name, _ in spec.files))
+            except Exception as exc:  # noqa: BLE001 -- any failure means: try the next source
+                tried.append(f"online: {spec.fetch_from} ({type(exc).__name__}: {exc})")
 
     for folder in spec.offline:
         if _complete(folder, spec):
@@ -243,22 +256,7 @@ def check_images(batch: torch.Tensor, shape: Sequence[int], what: str = "images"
 # --- CelebA faces ---------------------------------------------------------------------------
 
 CELEBA_ZIP = "celeba64-10k.zip"
-CELEBA_FILES = FileSet(
-    name="the CelebA faces", files=((CELEBA_ZIP, None),), subdirs=("celeba", "."),
-    how_to="Any zip of aligned face JPEGs works; CelebA itself is at "
-           "mmlab.ie.cuhk.edu.hk/projects/CelebA.html (img_align_celeba).")
-
-
-def _faces_from_zip(path: Path, limit: int | None, size: int) -> torch.Tensor:
-    import zipfile
-
-    from PIL import Image
-
-    with zipfile.ZipFile(path) as archive:
-        names = sorted(n for n in archive.namelist() if n.lower().endswith((".jpg", ".jpeg", ".png")))[:limit]
-        if not names:
-            raise DatasetNotFoundError(f"{path} holds no JPEG or PNG images")
-        return torch.stack([_face_tensor(Image.open(archive.open(n)), size) for n in names])
+CELEBA_ONLINE_FACES = 10_000
 
 
 def _face_tensor(image, size: int) -> torch.Tensor:
@@ -270,39 +268,53 @@ def _face_tensor(image, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-def _faces_from_torchvision(limit: int | None, size: int) -> torch.Tensor:
-    """CelebA's aligned images from its canonical host, through torchvision (needs gdown)."""
-    root = cache_dir()
-    dataset = datasets.CelebA(str(root), split="all", target_type=[], download=True)
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    # The aligned images are 178x218 with the face in the upper middle: crop rows 20..198 first.
-    return torch.stack([_face_tensor(dataset[i][0].crop((0, 20, 178, 198)), size) for i in range(count)])
+def _celeba_zip_from_torchvision(folder: Path) -> None:
+    """Write ``celeba64-10k.zip`` into ``folder``: the first 10,000 aligned CelebA faces at 64x64,
+    from CelebA's canonical host through torchvision (which needs gdown)."""
+    import io
+    import zipfile
+
+    dataset = datasets.CelebA(str(cache_dir()), split="all", target_type=[], download=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / (CELEBA_ZIP + ".part")
+    try:
+        with zipfile.ZipFile(part, "w") as archive:
+            for i in range(min(CELEBA_ONLINE_FACES, len(dataset))):
+                # The aligned images are 178x218 with the face in the upper middle: crop rows 20..198.
+                face = dataset[i][0].crop((0, 20, 178, 198)).resize((64, 64), 3)
+                buffer = io.BytesIO()
+                face.save(buffer, "JPEG", quality=95)
+                archive.writestr(f"{i + 1:06d}.jpg", buffer.getvalue())
+        part.replace(folder / CELEBA_ZIP)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+CELEBA_FILES = FileSet(
+    name="the CelebA faces", files=((CELEBA_ZIP, None),), subdirs=("celeba", "."),
+    fetch=lambda folder: _celeba_zip_from_torchvision(folder),  # looked up at call time, so tests can replace it
+    fetch_from="CelebA through torchvision -- its Google Drive host often refuses downloads once its daily "
+               "quota is used up: try again later",
+    how_to="It is a zip of aligned 64x64 face JPEGs; any such zip works. CelebA itself is at "
+           "mmlab.ie.cuhk.edu.hk/projects/CelebA.html (img_align_celeba).")
 
 
 def celeba_faces(limit: int | None = None, size: int = 64) -> torch.Tensor:
     """Aligned CelebA faces as a uint8 tensor (N, 3, size, size), held in memory.
 
-    Tries the data folder (``celeba64-10k.zip``: 10,000 faces at 64x64), then CelebA's canonical
-    host through torchvision (its Google Drive quota is often exhausted), then fails with one
-    error that lists what was tried.
+    From ``celeba64-10k.zip`` (10,000 faces at 64x64), which :func:`locate` finds in the data folder
+    or builds from CelebA's canonical host through torchvision; else one error lists what was tried.
     """
-    tried = []
-    try:
-        return _faces_from_zip(locate(CELEBA_FILES) / CELEBA_ZIP, limit, size)
-    except DatasetNotFoundError as err:
-        tried += [line for line in str(err).splitlines() if line.startswith("  - ")]
-    if offline():
-        tried.append(f"  - online: skipped because {OFFLINE_ENV} is set")
-    else:
-        try:
-            return _faces_from_torchvision(limit, size)
-        except Exception as exc:  # noqa: BLE001 -- gdown missing, quota exceeded, no network, ...
-            tried.append(f"  - online: CelebA through torchvision ({type(exc).__name__}: {exc}) -- its Google "
-                         "Drive host often refuses downloads once its daily quota is used up: try again later")
-    raise DatasetNotFoundError(
-        "Could not find the CelebA faces. Tried, in order:\n" + "\n".join(tried) +
-        f"\nTo provide them, put {CELEBA_ZIP} (a zip of face JPEGs) into {data_dir() / 'celeba'} "
-        f"(or set {DATA_DIR_ENV} to a folder that has it). {CELEBA_FILES.how_to}")
+    import zipfile
+
+    from PIL import Image
+
+    path = locate(CELEBA_FILES) / CELEBA_ZIP
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(n for n in archive.namelist() if n.lower().endswith((".jpg", ".jpeg", ".png")))[:limit]
+        if not names:
+            raise DatasetNotFoundError(f"{path} holds no JPEG or PNG images")
+        return torch.stack([_face_tensor(Image.open(archive.open(n)), size) for n in names])
 
 
 # --- Texts --------------------------------------------------------------------------------
