@@ -15,15 +15,15 @@ Usage: ``python benchmarks/style_transfer.py [--size 256] [--repeats 10]``
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training_steps import median_times  # the same alternating timer as the other benchmarks
 from utils import images, runtime, vgg
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "style_transfer.ipynb"
@@ -90,10 +90,36 @@ def reference_model(extractor: vgg.VGG19Features, content_x: torch.Tensor, style
     return model, content_losses, style_losses
 
 
-def time_once(step) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
+def steps(device: torch.device, size: int) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor], tuple[int, ...]]:
+    """One closure evaluation with the chapter's loss and one with the reference's, on the same images.
+
+    Each returns its loss (detached); also returns the image size (height, width).
+    """
+    extractor = vgg.vgg19_features(device)
+    content = images.load_image("grace_hopper", size).to(device)
+    style = images.load_image("starry_night", size).to(device)
+    loss_fn = chapter_loss(extractor, content, style)
+    x1 = extractor.preprocess(content).detach().requires_grad_(True)
+    with torch.no_grad():
+        model, content_losses, style_losses = reference_model(
+            extractor, extractor.preprocess(content), extractor.preprocess(style))
+    x2 = extractor.preprocess(content).detach().requires_grad_(True)
+
+    def chapter_step() -> torch.Tensor:
+        x1.grad = None
+        content_loss, style_loss = loss_fn(x1)
+        loss = content_loss + style_loss
+        loss.backward()
+        return loss.detach()
+
+    def reference_step() -> torch.Tensor:
+        x2.grad = None
+        model(x2)
+        loss = sum(m.loss for m in content_losses) + sum(m.loss for m in style_losses)
+        loss.backward()
+        return loss.detach()
+
+    return chapter_step, reference_step, tuple(content.shape[2:])
 
 
 def main() -> None:
@@ -103,40 +129,10 @@ def main() -> None:
     args = parser.parse_args()
     runtime.seed_everything(0)
     device = runtime.get_device()
-    extractor = vgg.vgg19_features(device)
-    content = images.load_image("grace_hopper", args.size).to(device)
-    style = images.load_image("starry_night", args.size).to(device)
-
-    loss_fn = chapter_loss(extractor, content, style)
-    x1 = extractor.preprocess(content).detach().requires_grad_(True)
-
-    def chapter_step():
-        content_loss, style_loss = loss_fn(x1)
-        (content_loss + style_loss).backward()
-
-    with torch.no_grad():
-        model, content_losses, style_losses = reference_model(
-            extractor, extractor.preprocess(content), extractor.preprocess(style))
-    x2 = extractor.preprocess(content).detach().requires_grad_(True)
-
-    def reference_step():
-        model(x2)
-        (sum(l.loss for l in content_losses) + sum(l.loss for l in style_losses)).backward()
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for step in (chapter_step, reference_step):  # warm-up
-        step(); sync()
-    chapter_times, reference_times = [], []
-    for repeat in range(args.repeats):  # alternate which goes first, so neither gains from order
-        pair = [(chapter_step, chapter_times), (reference_step, reference_times)]
-        for step, times in pair if repeat % 2 == 0 else pair[::-1]:
-            times.append(time_once(lambda: (step(), sync())))
-    chapter, reference = statistics.median(chapter_times), statistics.median(reference_times)
-    print(f"device {device}, {torch.get_num_threads()} threads, image {tuple(content.shape[2:])}, "
-          f"{args.repeats} evaluations each")
+    chapter_step, reference_step, shape = steps(device, args.size)
+    medians = median_times({"chapter": chapter_step, "reference": reference_step}, args.repeats, device)
+    chapter, reference = medians["chapter"], medians["reference"]
+    print(f"device {device}, {torch.get_num_threads()} threads, image {shape}, {args.repeats} evaluations each")
     print(f"{'implementation':32s}{'median s / evaluation':>24s}")
     print(f"{'chapter (StyleTransferLoss)':32s}{chapter:24.3f}")
     print(f"{'reference (tutorial modules)':32s}{reference:24.3f}")

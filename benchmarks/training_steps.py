@@ -85,7 +85,7 @@ def _gan_steps(G: nn.Module, D: nn.Module, g_net: Callable, d_net: Callable, rea
         bce, history = nn.BCELoss(), training.History()
         ones, zeros = torch.ones(len(real), 1, device=real.device), torch.zeros(len(real), 1, device=real.device)
 
-        def step() -> None:
+        def step() -> torch.Tensor:
             fake = g_fn(G, noise(), *extra)
             d_real, d_fake = d_fn(D, real, *extra), d_fn(D, fake.detach(), *extra)
             d_loss = bce(d_real, ones) + bce(d_fake, zeros)
@@ -107,27 +107,36 @@ def _gan_steps(G: nn.Module, D: nn.Module, g_net: Callable, d_net: Callable, rea
     return chapter, plain
 
 
+def _loss_steps(model: nn.Module, optimizer: Callable, chapter_loss: Callable, plain_loss: Callable,
+                record: Callable[[float], None] | None = None) -> tuple[Step, Step]:
+    """One optimiser step on ``chapter_loss(model)``, handing ``loss.item()`` to ``record`` where the
+    chapter keeps it, and its plain twin on ``plain_loss`` of a copy of the model, without bookkeeping."""
+    def make(m: nn.Module, loss_fn: Callable, bookkeeping: bool) -> Step:
+        opt = optimizer(m.parameters())
+
+        def step() -> torch.Tensor:
+            loss = loss_fn(m)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if bookkeeping and record is not None:
+                record(loss.item())
+            return loss.detach()
+        return step
+
+    return make(model, chapter_loss, True), make(copy.deepcopy(model), plain_loss, False)
+
+
 def autoencoder(device: torch.device) -> tuple[Step, Step]:
     cfg, ns = full_settings("autoencoder"), definitions("autoencoder", {"Encoder", "Decoder", "AutoEncoder", "add_noise"})
     model = ns["AutoEncoder"](cfg.latent_dim).to(device)
     clean = torch.rand(cfg.batch_size, 1, 28, 28, device=device)
 
-    def make(model: nn.Module, forward: Callable, noisy: Callable, bookkeeping: bool) -> Step:
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-        def step() -> torch.Tensor:
-            loss = F.mse_loss(forward(model, noisy(clean)), clean)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if bookkeeping:
-                loss.item()
-            return loss.detach()
-        return step
-
-    return (make(model, lambda m, x: m(x), lambda x: ns["add_noise"](x, cfg.noise_factor), True),
-            make(copy.deepcopy(model), lambda m, x: m.decoder(m.encoder(x)),
-                 lambda x: (x + cfg.noise_factor * torch.randn_like(x)).clamp(0, 1), False))
+    return _loss_steps(
+        model, lambda params: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        lambda m: F.mse_loss(m(ns["add_noise"](clean, cfg.noise_factor)), clean),
+        lambda m: F.mse_loss(m.decoder(m.encoder((clean + cfg.noise_factor * torch.randn_like(clean)).clamp(0, 1))), clean),
+        record=lambda value: None)  # the chapter adds loss.item() to its epoch total
 
 
 def vae(device: torch.device) -> tuple[Step, Step]:
@@ -147,18 +156,8 @@ def vae(device: torch.device) -> tuple[Step, Step]:
         kl = -0.5 * torch.sum(1 + log_var - mean.pow(2) - log_var.exp())
         return (F.binary_cross_entropy(x_hat, x, reduction="sum") + kl) / len(x)
 
-    def make(m, forward) -> Step:
-        opt = torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-        def step() -> torch.Tensor:
-            loss = forward(m)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss.detach()
-        return step
-
-    return make(model, chapter_forward), make(copy.deepcopy(model), plain_forward)
+    return _loss_steps(model, lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+                       chapter_forward, plain_forward)
 
 
 def gan(device: torch.device) -> tuple[Step, Step]:
@@ -197,21 +196,11 @@ def lstm_basics(device: torch.device) -> tuple[Step, Step]:
     inputs = F.one_hot(torch.randint(0, n_class, (6, 2)), n_class).float().to(device)
     targets = torch.randint(0, n_class, (6,), device=device)
 
-    def make(m, forward, bookkeeping: bool) -> Step:
-        opt, history = torch.optim.Adam(m.parameters(), lr=cfg.lr), training.History()
-
-        def step() -> torch.Tensor:
-            loss = F.cross_entropy(forward(m), targets)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if bookkeeping:
-                history.log(loss=loss.item())
-            return loss.detach()
-        return step
-
-    return (make(model, lambda m: m(inputs), True),
-            make(copy.deepcopy(model), lambda m: m.out(m.lstm(inputs)[0][:, -1]), False))
+    history = training.History()
+    return _loss_steps(model, lambda params: torch.optim.Adam(params, lr=cfg.lr),
+                       lambda m: F.cross_entropy(m(inputs), targets),
+                       lambda m: F.cross_entropy(m.out(m.lstm(inputs)[0][:, -1]), targets),
+                       record=lambda value: history.log(loss=value))
 
 
 def _bptt_steps(model: nn.Module, source: torch.Tensor, bptt: int, clip: float, update: Callable) -> tuple[Step, Step]:
@@ -272,31 +261,7 @@ def style_transfer(device: torch.device) -> tuple[Step, Step]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import style_transfer as reference  # the chapter's own benchmark and its tutorial-style reference
 
-    from utils import images, vgg
-
-    size = full_settings("style_transfer").size
-    extractor = vgg.vgg19_features(device)
-    content, style = images.load_image("grace_hopper", size).to(device), images.load_image("starry_night", size).to(device)
-    loss_fn = reference.chapter_loss(extractor, content, style)
-    x1 = extractor.preprocess(content).detach().requires_grad_(True)
-    with torch.no_grad():
-        model, content_losses, style_losses = reference.reference_model(
-            extractor, extractor.preprocess(content), extractor.preprocess(style))
-    x2 = extractor.preprocess(content).detach().requires_grad_(True)
-
-    def chapter() -> torch.Tensor:
-        x1.grad = None
-        content_loss, style_loss = loss_fn(x1)
-        (content_loss + style_loss).backward()
-        return (content_loss + style_loss).detach()
-
-    def plain() -> torch.Tensor:
-        x2.grad = None
-        model(x2)
-        loss = sum(m.loss for m in content_losses) + sum(m.loss for m in style_losses)
-        loss.backward()
-        return loss.detach()
-
+    chapter, plain, _ = reference.steps(device, full_settings("style_transfer").size)
     return chapter, plain
 
 
@@ -313,6 +278,27 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_times(steps: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each step after one warm-up call each, alternating which goes first."""
+    for step in steps.values():
+        step()
+        _sync(device)
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for repeat in range(repeats):
+        order = list(steps.items()) if repeat % 2 == 0 else list(steps.items())[::-1]
+        for label, step in order:
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
 def measure(name: str, repeats: int, memory_of: str = "") -> dict:
     """Median step times of one chapter (both steps, alternating), or the peak memory of one step.
 
@@ -322,31 +308,18 @@ def measure(name: str, repeats: int, memory_of: str = "") -> dict:
     runtime.seed_everything(0)
     device = runtime.get_device()
     steps = dict(zip(("chapter", "plain"), CASES[name](device)))
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     if memory_of:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
-            steps[memory_of](); sync()
+            steps[memory_of]()
+            _sync(device)
             return {"peak_mb": (torch.cuda.max_memory_allocated() - before) / 2**20}
         before = max(_rss_mb(), _peak_rss_mb())
         steps[memory_of]()
         return {"peak_mb": max(0.0, _peak_rss_mb() - before)}
 
-    for step in steps.values():  # warm-up
-        step(); sync()
-    times: dict[str, list[float]] = {"chapter": [], "plain": []}
-    for repeat in range(repeats):  # alternate which goes first, so neither gains from order
-        order = list(steps.items()) if repeat % 2 == 0 else list(steps.items())[::-1]
-        for label, step in order:
-            start = time.perf_counter()
-            step(); sync()
-            times[label].append(time.perf_counter() - start)
-    medians = {label: statistics.median(t) for label, t in times.items()}
+    medians = median_times(steps, repeats, device)
     return {"device": str(device), "threads": torch.get_num_threads(),
             "step_ms": medians["chapter"] * 1000, "plain_ms": medians["plain"] * 1000,
             "ratio": medians["chapter"] / medians["plain"]}
@@ -385,6 +358,7 @@ def main() -> None:
             continue
         print(f"{name:16s}{r['step_ms']:10.1f}{r['plain_ms']:10.1f}{r['ratio']:8.3f}{peak:10.1f}"
               f"{plain_peak:10.1f}  {r['device']} ({r['threads']} threads)")
+
 
 if __name__ == "__main__":
     main()
