@@ -36,6 +36,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from utils import runtime, text, training
 
@@ -77,18 +78,36 @@ def full_settings(chapter: str) -> SimpleNamespace:
 
 
 def _gan_steps(G: nn.Module, D: nn.Module, g_net: Callable, d_net: Callable, real: torch.Tensor,
-               noise: Callable[[], torch.Tensor], lr: float, betas=(0.9, 0.999), extra=()) -> tuple[Step, Step]:
-    """The discriminator-then-generator step of the GAN chapters, and its plain twin."""
+               noise: Callable[[], torch.Tensor], lr: float, betas=(0.9, 0.999), extra=(),
+               wrong: Callable[[], tuple] | None = None, ema_decay: float | None = None) -> tuple[Step, Step]:
+    """The discriminator-then-generator step of the GAN chapters, and its plain twin.
+
+    With ``wrong`` (a function drawing mismatched conditioning, as the cGAN's wrong labels) the
+    discriminator also rejects real images paired with it; with ``ema_decay`` the step ends by
+    updating a moving average of G's weights (``AveragedModel`` in the chapter, ``_foreach_lerp_`` plain).
+    """
     def make(G, D, g_fn, d_fn, keep_history: bool) -> Step:
         d_opt = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
         g_opt = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
         bce, history = nn.BCELoss(), training.History()
         ones, zeros = torch.ones(len(real), 1, device=real.device), torch.zeros(len(real), 1, device=real.device)
+        if ema_decay is None:
+            average = None
+        elif keep_history:
+            ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+            average = lambda: ema.update_parameters(G)  # noqa: E731
+        else:
+            ema_params = [p.detach().clone() for p in G.parameters()]
+            average = lambda: torch._foreach_lerp_(ema_params, [p.detach() for p in G.parameters()], 1 - ema_decay)  # noqa: E731
 
         def step() -> torch.Tensor:
             fake = g_fn(G, noise(), *extra)
             d_real, d_fake = d_fn(D, real, *extra), d_fn(D, fake.detach(), *extra)
-            d_loss = bce(d_real, ones) + bce(d_fake, zeros)
+            if wrong is None:
+                d_loss = bce(d_real, ones) + bce(d_fake, zeros)
+            else:
+                d_wrong = d_fn(D, real, *wrong())
+                d_loss = bce(d_real, ones) + (bce(d_fake, zeros) + bce(d_wrong, zeros)) / 2
             d_opt.zero_grad()
             d_loss.backward()
             d_opt.step()
@@ -96,9 +115,14 @@ def _gan_steps(G: nn.Module, D: nn.Module, g_net: Callable, d_net: Callable, rea
             g_opt.zero_grad()
             g_loss.backward()
             g_opt.step()
+            if average is not None:
+                average()
             if keep_history:
-                history.log(d_loss=d_loss.item(), g_loss=g_loss.item(), d_real=d_real.mean().item(),
-                            d_fake=d_fake.mean().item())
+                logged = dict(d_loss=d_loss.item(), g_loss=g_loss.item(), d_real=d_real.mean().item(),
+                              d_fake=d_fake.mean().item())
+                if wrong is not None:
+                    logged["d_wrong"] = d_wrong.mean().item()
+                history.log(**logged)
             return torch.stack([d_loss.detach(), g_loss.detach()])
         return step
 
@@ -175,7 +199,9 @@ def cgan(device: torch.device) -> tuple[Step, Step]:
     labels = torch.randint(0, 10, (cfg.batch_size,), device=device)
     return _gan_steps(G, D, lambda g, z, y: g.model(torch.cat([z, g.embed(y)], 1)),
                       lambda d, x, y: d.model(torch.cat([x, d.embed(y)], 1)), real,
-                      lambda: torch.randn(cfg.batch_size, cfg.latent_dim, device=device), cfg.lr, extra=(labels,))
+                      lambda: torch.randn(cfg.batch_size, cfg.latent_dim, device=device), cfg.lr,
+                      betas=(cfg.beta1, 0.999), extra=(labels,), ema_decay=cfg.ema_decay,
+                      wrong=lambda: ((labels + torch.randint(1, 10, labels.shape, device=device)) % 10,))
 
 
 def dcgan(device: torch.device) -> tuple[Step, Step]:
