@@ -108,3 +108,55 @@ def test_evaluate_is_the_mean_nats_per_token_in_eval_mode():
     expected = torch.nn.functional.cross_entropy(table[source[:-1]].flatten(0, 1), source[1:].flatten()).item()
     assert abs(text.evaluate(model, source, bptt=7) - expected) < 1e-5  # chunks of 7, 7, 5 rows; no dropout
     assert model.training  # the former mode is restored
+
+
+def test_position_losses_by_chunk_position_with_state_carried_or_reset():
+    torch.manual_seed(0)
+    table = torch.randn(5, 5)
+    source = text.batchify(torch.randint(0, 5, (61,)), 3)  # (20, 3): chunks of 7, 7, 5 rows
+    model = _Bigram(table).train()
+    losses = torch.nn.functional.cross_entropy(table[source[:-1]].flatten(0, 1), source[1:].flatten(),
+                                               reduction="none").view(19, 3)
+    expected = torch.stack([losses[p::7].mean() for p in range(7)])  # position p of every chunk
+    by_position = text.position_losses(model, source, bptt=7)
+    assert by_position.shape == (7,) and torch.allclose(by_position, expected, atol=1e-6)
+    assert model.training
+
+
+class _Counter(torch.nn.Module):
+    """A stateful model whose prediction is the number of tokens it has seen (mod V): the state matters."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.seen_in_eval = []
+
+    def forward(self, ids, state=None):
+        self.seen_in_eval.append(not self.training)
+        seen = 0 if state is None else state
+        logits = torch.full((*ids.shape, self.vocab_size), -10.0)
+        for t in range(len(ids)):
+            logits[t, :, (seen + t + 1) % self.vocab_size] = 10.0
+        return logits, seen + len(ids)
+
+
+def test_position_losses_see_the_reset_state():
+    vocab_size = 4
+    source = (torch.arange(25) % vocab_size).view(-1, 1)  # tokens 0 1 2 3 0 1 ...: the counter is right
+    model = _Counter(vocab_size)
+    carried = text.position_losses(model, source, bptt=6)
+    reset = text.position_losses(model, source, bptt=6, carry_state=False)
+    assert carried.max() < 1e-3  # carried across chunks, the counter always knows where it is
+    # reset at chunks starting at 0, 6, 12, 18 (tokens 0, 2, 0, 2), it is wrong in every second chunk
+    assert torch.allclose(reset, torch.full((6,), 10.0), atol=1e-3)
+
+
+def test_generate_with_a_seed_is_reproducible_and_runs_a_module_in_eval_mode():
+    vocab = text.Vocabulary("abcd")
+    model = _Counter(len(vocab)).train()
+    flat = lambda ids, state: (torch.zeros(len(ids), 1, len(vocab)), state)  # noqa: E731  uniform
+    first = text.generate(flat, vocab, list("a"), 30, seed=5)
+    assert first == text.generate(flat, vocab, list("a"), 30, seed=5)
+    assert first != text.generate(flat, vocab, list("a"), 30, seed=6)
+    assert text.generate(model, vocab, list("ab"), 3, greedy=True) == list("cda")
+    assert all(model.seen_in_eval) and model.training  # eval while generating, the former mode after

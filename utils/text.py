@@ -1,11 +1,12 @@
 """The small text pipeline the LSTM chapters share (torchtext's Field and BPTTIterator are gone).
 
 Vocabulary and encoding, batching a token stream into columns for truncated backpropagation
-through time, sampling the next token with a softmax temperature, and generation from a prompt.
+through time, evaluating a model's loss chunk by chunk (overall and by position in a chunk),
+sampling the next token with a softmax temperature, and generation from a prompt.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -92,24 +93,45 @@ def detach_state(state: State) -> State:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, source: torch.Tensor, bptt: int) -> float:
-    """Mean cross-entropy in nats per token of ``model`` on a batchified ``source`` (T, B).
+@torch.no_grad()
+def token_losses(model: nn.Module, source: torch.Tensor, bptt: int,
+                 carry_state: bool = True) -> Iterator[torch.Tensor]:
+    """The cross-entropy of every target token, chunk by chunk: tensors (L, B), L <= ``bptt``.
 
     ``model(ids, state)`` returns logits (L, B, V) and the new state. The state is carried across
-    chunks, as in training; the model is put in eval mode (no dropout) and back in its former mode.
+    chunks as in training (or reset to None with ``carry_state=False``); the model runs in eval mode
+    (no dropout) and is put back in its former mode when the loop ends.
     """
     was_training = model.training
     model.eval()
-    total, count, state = 0.0, 0, None
+    state = None
     try:
         for i in range(0, len(source) - 1, bptt):
             inputs, targets = get_batch(source, i, bptt)
-            logits, state = model(inputs, state)
-            total += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
-            count += targets.numel()
+            logits, state = model(inputs, state if carry_state else None)
+            yield F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
     finally:
         model.train(was_training)
+
+
+def evaluate(model: nn.Module, source: torch.Tensor, bptt: int) -> float:
+    """Mean cross-entropy in nats per token of ``model`` on a batchified ``source`` (T, B),
+    the state carried across chunks as in training (see :func:`token_losses`)."""
+    total, count = 0.0, 0
+    for losses in token_losses(model, source, bptt):
+        total += losses.sum().item()
+        count += losses.numel()
     return total / count
+
+
+def position_losses(model: nn.Module, source: torch.Tensor, bptt: int, carry_state: bool = True) -> torch.Tensor:
+    """Mean cross-entropy at each position 0..bptt-1 of the chunks, shape (bptt,): how much the
+    context a chunk has seen so far helps (see :func:`token_losses`)."""
+    totals, counts = torch.zeros(bptt), torch.zeros(bptt)
+    for losses in token_losses(model, source, bptt, carry_state):
+        totals[:len(losses)] += losses.sum(1).cpu()
+        counts[:len(losses)] += losses.shape[1]
+    return totals / counts
 
 
 def _check_temperature(temperature: float) -> None:
@@ -136,12 +158,14 @@ Step = Callable[[torch.Tensor, object], tuple[torch.Tensor, object]]
 @torch.no_grad()
 def generate(step: Step, vocab: Vocabulary, prompt: Sequence[str], length: int, temperature: float = 1.0,
              greedy: bool = False, generator: torch.Generator | None = None,
-             device: torch.device | str = "cpu") -> list[str]:
+             device: torch.device | str = "cpu", seed: int | None = None) -> list[str]:
     """Continue ``prompt`` by ``length`` tokens.
 
     ``step(ids, state)`` runs the model on token ids of shape (L, 1) from ``state`` (None at the
-    start) and returns the logits of shape (L, 1, V) and the new state. Each new token is the most
-    likely one (``greedy``) or a sample at ``temperature``. The ids are put on ``device``, the model's.
+    start) and returns the logits of shape (L, 1, V) and the new state; a module runs in eval mode
+    (no dropout) and is put back in its former mode. Each new token is the most likely one
+    (``greedy``) or a sample at ``temperature``, drawn with ``generator``, or one seeded with
+    ``seed`` so that a text can be reproduced. The ids are put on ``device``, the model's.
     """
     if len(prompt) == 0:
         raise ValueError("the prompt is empty: give at least one token to start from")
@@ -149,12 +173,21 @@ def generate(step: Step, vocab: Vocabulary, prompt: Sequence[str], length: int, 
         _check_temperature(temperature)
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(seed)
     ids = vocab.encode(prompt).view(-1, 1).to(device)
-    logits, state = step(ids, None)
-    tokens: list[str] = []
-    for _ in range(length):
-        last = logits[-1, 0]
-        index = int(last.argmax()) if greedy else sample(last, temperature, generator)
-        tokens.append(vocab.itos[index])
-        logits, state = step(torch.tensor([[index]], device=ids.device), state)
+    was_training = isinstance(step, nn.Module) and step.training
+    if isinstance(step, nn.Module):
+        step.eval()
+    try:
+        logits, state = step(ids, None)
+        tokens: list[str] = []
+        for _ in range(length):
+            last = logits[-1, 0]
+            index = int(last.argmax()) if greedy else sample(last, temperature, generator)
+            tokens.append(vocab.itos[index])
+            logits, state = step(torch.tensor([[index]], device=ids.device), state)
+    finally:
+        if was_training:
+            step.train()
     return tokens
