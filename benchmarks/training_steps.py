@@ -33,6 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
+import nbformat
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,16 +45,18 @@ BOOK = Path(__file__).resolve().parent.parent / "book"
 Step = Callable[[], torch.Tensor]  # one training step; returns its loss(es), detached
 
 
+def _code_cells(chapter: str) -> list[str]:
+    """The sources of the code cells of ``book/<chapter>.ipynb``."""
+    return [cell.source for cell in nbformat.read(BOOK / f"{chapter}.ipynb", as_version=4).cells
+            if cell.cell_type == "code"]
+
+
 def definitions(chapter: str, names: set[str]) -> dict:
     """The notebook's imports and its top-level class/def statements named in ``names``, executed."""
     namespace: dict = {"torch": torch, "nn": nn, "F": F}
-    import nbformat
-
-    for cell in nbformat.read(BOOK / f"{chapter}.ipynb", as_version=4).cells:
-        if cell.cell_type != "code":
-            continue
+    for source in _code_cells(chapter):
         try:
-            tree = ast.parse(cell.source)
+            tree = ast.parse(source)
         except SyntaxError:  # the Colab cell's %pip line
             continue
         keep = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)) or
@@ -67,11 +70,9 @@ def definitions(chapter: str, names: set[str]) -> dict:
 
 def full_settings(chapter: str) -> SimpleNamespace:
     """The ``full=dict(...)`` settings of the chapter's ``runtime.setup`` call."""
-    import nbformat
-
-    for cell in nbformat.read(BOOK / f"{chapter}.ipynb", as_version=4).cells:
-        if "runtime.setup(" in cell.source:
-            for node in ast.walk(ast.parse(cell.source)):
+    for source in _code_cells(chapter):
+        if "runtime.setup(" in source:
+            for node in ast.walk(ast.parse(source)):
                 if isinstance(node, ast.keyword) and node.arg == "full" and isinstance(node.value, ast.Call):
                     return SimpleNamespace(**{k.arg: ast.literal_eval(k.value) for k in node.value.keywords})
     raise RuntimeError(f"book/{chapter}.ipynb has no runtime.setup(full=dict(...)) call")

@@ -6,6 +6,7 @@ sampling the next token with a softmax temperature, and generation from a prompt
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -92,7 +93,17 @@ def detach_state(state: State) -> State:
     return tuple(s.detach() for s in state)
 
 
-@torch.no_grad()
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode (no dropout), then put it back in its former mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def token_losses(model: nn.Module, source: torch.Tensor, bptt: int,
                  carry_state: bool = True) -> Iterator[torch.Tensor]:
@@ -102,16 +113,12 @@ def token_losses(model: nn.Module, source: torch.Tensor, bptt: int,
     chunks as in training (or reset to None with ``carry_state=False``); the model runs in eval mode
     (no dropout) and is put back in its former mode when the loop ends.
     """
-    was_training = model.training
-    model.eval()
     state = None
-    try:
+    with _eval_mode(model):
         for i in range(0, len(source) - 1, bptt):
             inputs, targets = get_batch(source, i, bptt)
             logits, state = model(inputs, state if carry_state else None)
             yield F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
-    finally:
-        model.train(was_training)
 
 
 def evaluate(model: nn.Module, source: torch.Tensor, bptt: int) -> float:
@@ -176,18 +183,12 @@ def generate(step: Step, vocab: Vocabulary, prompt: Sequence[str], length: int, 
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(seed)
     ids = vocab.encode(prompt).view(-1, 1).to(device)
-    was_training = isinstance(step, nn.Module) and step.training
-    if isinstance(step, nn.Module):
-        step.eval()
-    try:
+    tokens: list[str] = []
+    with _eval_mode(step) if isinstance(step, nn.Module) else nullcontext():
         logits, state = step(ids, None)
-        tokens: list[str] = []
         for _ in range(length):
             last = logits[-1, 0]
             index = int(last.argmax()) if greedy else sample(last, temperature, generator)
             tokens.append(vocab.itos[index])
             logits, state = step(torch.tensor([[index]], device=ids.device), state)
-    finally:
-        if was_training:
-            step.train()
     return tokens
