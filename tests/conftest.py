@@ -1,19 +1,32 @@
-"""Shared fixtures: a headless matplotlib and an isolated data folder per test."""
+"""Shared fixtures: a headless matplotlib, an isolated data folder per test, and the real data folder."""
 import os
+from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 
-from utils import data  # noqa: E402
+from utils import sources  # noqa: E402
+
+#: The data folder the suite was started with (CI points it at ../shared/data), read before any test
+#: replaces it, so tests can copy real files from it.
+REAL_DATA_DIR = sources.data_dir()
+
+
+def real_file(relative: str) -> Path:
+    """A file of the real data folder, or skip the test when this machine does not have it."""
+    path = REAL_DATA_DIR / relative
+    if not path.is_file():
+        pytest.skip(f"{relative} is not in the data folder {REAL_DATA_DIR}")
+    return path
 
 
 @pytest.fixture
 def cache_home(tmp_path, monkeypatch):
     """An empty cache folder for downloads and unpacked copies."""
     folder = tmp_path / "cache"
-    monkeypatch.setenv(data.CACHE_DIR_ENV, str(folder))
-    monkeypatch.setattr(data, "DEFAULT_DATA_DIR", folder)
+    monkeypatch.setenv(sources.CACHE_DIR_ENV, str(folder))
+    monkeypatch.setattr(sources, "DEFAULT_DATA_DIR", folder)
     return folder
 
 
@@ -22,6 +35,6 @@ def data_home(tmp_path, monkeypatch, cache_home):
     """An empty data folder (looked in first, never written to), with its own empty cache."""
     folder = tmp_path / "data"
     folder.mkdir()
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(folder))
-    monkeypatch.delenv(data.OFFLINE_ENV, raising=False)
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(folder))
+    monkeypatch.delenv(sources.OFFLINE_ENV, raising=False)
     return folder

@@ -1,124 +1,75 @@
+"""The datasets: real files from the data folder, damaged copies of them, and synthetic stand-ins."""
 import gzip
+import io
+import shutil
 import struct
-import time
-from pathlib import Path
+import zipfile
 
 import pytest
 import torch
 
-from utils import data
+from conftest import real_file
+from utils import data, sources
 
-SPEC = data.FileSet(name="the Toy dataset", files=(("a.txt", None), ("b.txt", None)), subdirs=("Toy/raw", "Toy"),
-                    mirrors=("http://mirror-one.invalid/", "http://mirror-two.invalid/"),
-                    how_to="Ask a friend for the files.")
-
-
-def _write(folder: Path, names=("a.txt", "b.txt")) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (folder / name).write_text(name)
-    return folder
+MNIST_NAMES = [e.name for e in data.MNIST_FILES.files]
 
 
-def _no_network(url, dest, md5):
-    raise OSError("network unreachable")
-
-
-def test_data_folder_comes_first(data_home):
-    _write(data_home / "Toy")
-    calls = []
-    folder = data.locate(SPEC, fetch=lambda *a: calls.append(a))
-    assert folder == data_home / "Toy" and calls == []
-
-
-def test_online_is_tried_next_mirror_by_mirror(data_home, cache_home):
-    calls = []
-
-    def fetch(url, dest, md5):
-        calls.append(url)
-        if "mirror-one" in url:
-            raise OSError("mirror down")
-        return _write(dest.parent, [dest.name]) / dest.name
-
-    folder = data.locate(SPEC, fetch=fetch)
-    assert folder == cache_home / "Toy/raw"  # downloads go to the cache, never to the data folder
-    assert list(data_home.iterdir()) == []
-    assert calls == ["http://mirror-one.invalid/a.txt", "http://mirror-two.invalid/a.txt",
-                     "http://mirror-two.invalid/b.txt"]
-    # The next call finds the downloaded copy in the cache and does not fetch again.
-    assert data.locate(SPEC, fetch=_no_network) == cache_home / "Toy/raw"
-
-
-def test_offline_package_folder_is_the_last_source(data_home, tmp_path):
-    offline = _write(tmp_path / "usr/share/datasets/toy")
-    spec = data.FileSet(**{**SPEC.__dict__, "offline": (offline,)})
-    assert data.locate(spec, fetch=_no_network) == offline
-
-
-def test_one_clear_error_lists_every_source_tried(data_home, tmp_path):
-    spec = data.FileSet(**{**SPEC.__dict__, "offline": (tmp_path / "not-installed",)})
-    with pytest.raises(data.DatasetNotFoundError) as err:
-        data.locate(spec, fetch=_no_network)
-    message = str(err.value)
-    for expected in ("Could not find the Toy dataset", str(data_home / "Toy/raw"), "mirror-one.invalid",
-                     "mirror-two.invalid", "network unreachable", str(tmp_path / "not-installed"),
-                     "a.txt, b.txt", data.DATA_DIR_ENV, "Ask a friend"):
-        assert expected in message
-    assert isinstance(err.value, FileNotFoundError)
-
-
-def test_offline_switch_skips_the_network(data_home, monkeypatch):
-    monkeypatch.setenv(data.OFFLINE_ENV, "1")
-    with pytest.raises(data.DatasetNotFoundError, match="skipped because GDL_OFFLINE"):
-        data.locate(SPEC, fetch=lambda *a: pytest.fail("fetched although offline"))
-
-
-def test_unreachable_server_fails_fast_with_the_real_downloader(data_home):
-    # Port 9 on the loopback interface has no server: the connection is refused at once.
-    spec = data.FileSet(name="the Toy dataset", files=(("a.txt", None),), subdirs=("Toy",),
-                        mirrors=("http://127.0.0.1:9/",))
-    start = time.perf_counter()
-    with pytest.raises(data.DatasetNotFoundError, match=r"online: http://127.0.0.1:9/ \(URLError"):
-        data.locate(spec)
-    assert time.perf_counter() - start < 15
-
-
-def test_download_checks_the_checksum_and_leaves_no_partial_file(tmp_path):
-    source = tmp_path / "source.bin"
-    source.write_bytes(b"hello")
-    dest = tmp_path / "out" / "copy.bin"
-    good = data.download(source.as_uri(), dest, md5=data.md5sum(source))
-    assert good.read_bytes() == b"hello"
-    with pytest.raises(OSError, match="checksum mismatch"):
-        data.download(source.as_uri(), tmp_path / "out" / "bad.bin", md5="0" * 32)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["copy.bin"]
-
-
-def _idx_images(n: int) -> bytes:
-    pixels = bytes((i * 7) % 256 for i in range(n * 28 * 28))
-    return struct.pack(">IIII", 2051, n, 28, 28) + pixels
-
-
-def _idx_labels(n: int) -> bytes:
-    return struct.pack(">II", 2049, n) + bytes(i % 10 for i in range(n))
-
-
-def test_mnist_loads_from_gzipped_files_in_the_data_folder(data_home, cache_home):
-    raw = data_home / "MNIST" / "raw"
+def _copy_mnist(dest):
+    raw = dest / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for prefix, n in (("train", 6), ("t10k", 4)):
-        (raw / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_images(n)))
-        (raw / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_labels(n)))
+    for name in MNIST_NAMES:
+        shutil.copy(real_file(f"MNIST/raw/{name}"), raw / name)
+    return raw
+
+
+def test_real_mnist_loads_verified_and_unpacks_into_the_cache(data_home, cache_home):
+    raw = _copy_mnist(data_home)
     train, test = data.mnist(train=True), data.mnist(train=False)
-    assert (len(train), len(test)) == (6, 4)
-    assert sorted(p.name for p in raw.iterdir()) == sorted(n for n, _ in data.MNIST_FILES.files)  # untouched
-    assert (cache_home / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()  # unpacked in the cache
-    image, label = train[3]
-    assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and label == 3
-    assert 0.0 <= image.min() and image.max() <= 1.0
-    x, y = data.as_tensors(train, limit=5)
-    assert x.shape == (5, 1, 28, 28) and y.tolist() == [0, 1, 2, 3, 4]
-    assert torch.allclose(x[3], image)
+    assert (len(train), len(test)) == (60_000, 10_000)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(MNIST_NAMES)  # the data folder is untouched
+    image, label = train[0]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and label == 5
+    x, y = data.as_tensors(test, limit=5)
+    assert x.shape == (5, 1, 28, 28) and y.tolist() == [7, 2, 1, 0, 4] and 0 <= x.min() and x.max() <= 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered", "empty"])
+def test_a_damaged_mnist_file_is_rejected_with_its_name_and_the_fix(data_home, monkeypatch, damage):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    raw = _copy_mnist(data_home)
+    target = raw / "t10k-labels-idx1-ubyte.gz"
+    payload = target.read_bytes()
+    target.write_bytes({"truncated": payload[:len(payload) // 2], "empty": b"",
+                        "altered": gzip.compress(gzip.decompress(payload)[:-1] + b"\x09")}[damage])
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.mnist(train=False)
+    message = str(err.value)
+    assert f"data folder: {raw} (t10k-labels-idx1-ubyte.gz: " in message and "MNIST/raw" in message
+    assert ("the file is empty" if damage == "empty" else "MD5 is") in message
+
+
+def test_fashion_mnist_files_under_the_mnist_name_are_the_wrong_dataset(data_home, monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    offline = data.FASHION_MNIST_FILES.offline[0]
+    if not offline.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    raw = data_home / "MNIST" / "raw"
+    shutil.copytree(offline, raw)
+    with pytest.raises(data.DatasetNotFoundError, match=r"unzipped content is [0-9a-f]+, expected [0-9a-f]+ "
+                                                        r"\(published for MNIST\)"):
+        data.mnist(train=False)
+    assert len(data.fashion_mnist(train=False)) == 10_000  # the same files are right for Fashion-MNIST
+
+
+def test_a_damaged_unpacked_copy_is_rebuilt(data_home, cache_home):
+    _copy_mnist(data_home)
+    first = data.as_tensors(data.mnist(train=False))
+    unpacked = next(cache_home.glob("unpacked/MNIST-*/MNIST/raw/t10k-images-idx3-ubyte"))
+    unpacked.write_bytes(unpacked.read_bytes()[:1000])  # a partial copy left by an old crash
+    again = data.as_tensors(data.mnist(train=False))
+    assert torch.equal(first[0], again[0]) and unpacked.stat().st_size == 7_840_016
+    unpacked.write_bytes(b"")
+    assert torch.equal(data.as_tensors(data.mnist(train=False))[0], first[0])
 
 
 def test_fashion_mnist_names_the_debian_package_when_missing(data_home, monkeypatch):
@@ -145,19 +96,47 @@ def test_check_images_names_the_expected_shape():
         data.check_images([[0.0]], (1,))
 
 
-def test_celeba_faces_from_a_zip_in_the_data_folder(data_home):
-    import io
-    import zipfile
+# --- CelebA ------------------------------------------------------------------------------------------
 
+def _face_zip(path, n=3):
     from PIL import Image
 
-    with zipfile.ZipFile(data_home / "celeba64-10k.zip", "w") as archive:
-        for i in range(3):
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(n):
             buffer = io.BytesIO()
             Image.new("RGB", (80, 60), (10 * i, 20, 30)).save(buffer, "JPEG")
             archive.writestr(f"{i:06d}.jpg", buffer.getvalue())
+    return path
+
+
+def test_celeba_faces_from_a_zip_in_the_data_folder(data_home):
+    _face_zip(data_home / "celeba64-10k.zip")
     faces = data.celeba_faces(limit=2, size=32)
     assert faces.shape == (2, 3, 32, 32) and faces.dtype == torch.uint8
+    with pytest.raises(data.BadFileError, match="holds 3 face images, fewer than the 5 asked for"):
+        data.celeba_faces(limit=5)
+
+
+def test_the_real_face_zip_passes_and_a_damaged_copy_does_not(data_home, monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    real = real_file("celeba64-10k.zip")
+    payload = real.read_bytes()
+    (data_home / "celeba64-10k.zip").write_bytes(payload)
+    assert data.celeba_faces(limit=4).shape == (4, 3, 64, 64)
+    sources._VERIFIED.clear()
+    (data_home / "celeba64-10k.zip").write_bytes(payload[:len(payload) // 2])  # a partial download
+    with pytest.raises(data.DatasetNotFoundError, match=r"celeba64-10k.zip: it is not a readable zip archive"):
+        data.celeba_faces(limit=4)
+
+
+def test_a_zip_with_a_damaged_member_is_rejected(data_home, monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    path = _face_zip(data_home / "celeba64-10k.zip")
+    payload = bytearray(path.read_bytes())
+    payload[200] ^= 0xFF  # inside the first member's data: its CRC no longer matches
+    path.write_bytes(bytes(payload))
+    with pytest.raises(data.DatasetNotFoundError, match=r"000000.jpg is damaged \(CRC mismatch\)|does not decode"):
+        data.celeba_faces(limit=2)
 
 
 def test_celeba_missing_everywhere_names_every_source(data_home, monkeypatch):
@@ -173,49 +152,57 @@ def test_celeba_missing_everywhere_names_every_source(data_home, monkeypatch):
     assert message.count("To provide it") == 1  # the one message of locate(), not a second one
 
 
-def test_a_fetch_function_fills_the_cache_when_no_mirror_has_the_files(data_home, cache_home):
-    def build(folder):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "made.txt").write_text("built from the canonical source")
+# --- Texts ---------------------------------------------------------------------------------------------
 
-    spec = data.FileSet(name="a built dataset", files=(("made.txt", None),), subdirs=("built",), fetch=build,
-                        fetch_from="the builder")
-    assert (data.locate(spec) / "made.txt").read_text() == "built from the canonical source"
-    lazy = data.FileSet(name="a lazy dataset", files=(("never.txt", None),), subdirs=("lazy",),
-                        fetch=lambda folder: None, fetch_from="the lazy builder")
-    with pytest.raises(data.DatasetNotFoundError, match="online: the lazy builder .OSError: it finished without writing never.txt"):
-        data.locate(lazy)
+def _nietzsche_like(extra: bytes = b"") -> bytes:
+    body = b"preface\n\n\nsupposing that truth is a woman--what then? " + b"werthsch\xe3\xa4tzung " * 40_000
+    return body[:600_000] + extra
 
 
 def test_nietzsche_is_read_as_latin1_from_the_data_folder(data_home):
-    (data_home / "nietzsche.txt").write_bytes(b"preface\n\nwerthsch\xe3\xa4tzung\n")  # not valid UTF-8
+    (data_home / "nietzsche.txt").write_bytes(_nietzsche_like())  # not valid UTF-8
     text = data.nietzsche_text()
-    assert text.startswith("preface") and len(text) == 25 and "werthsch\xe3\xa4tzung" in text
+    assert text.startswith("preface") and len(text) == 600_000 and "werthsch\xe3\xa4tzung" in text
 
 
-def test_nietzsche_missing_gives_one_clear_error(data_home, monkeypatch):
+def test_the_real_nietzsche_text_passes(data_home):
+    (data_home / "nietzsche.txt").write_bytes(real_file("nietzsche.txt").read_bytes())
+    assert len(data.nietzsche_text()) == 600_902
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"", "the file is empty"),
+    (b"preface\n\n\nsupposing that truth is a woman", "bytes, expected 590,000 to 610,000"),
+    (b"<!DOCTYPE html><html><head>" + b" " * 600_000, "it is a web page"),
+    (b"\x00\x01" * 300_000, "NUL bytes"),
+    (b"another book entirely. " * 26_000, "it does not start with 'preface"),
+])
+def test_a_wrong_nietzsche_file_is_rejected(data_home, monkeypatch, payload, reason):
     monkeypatch.setenv(data.OFFLINE_ENV, "1")
-    with pytest.raises(data.DatasetNotFoundError, match=r"(?s)Could not find the Nietzsche text.*nietzsche.txt"):
+    (data_home / "nietzsche.txt").write_bytes(payload)
+    with pytest.raises(data.DatasetNotFoundError, match=r"(?s)Could not find the Nietzsche text.*" + reason):
         data.nietzsche_text()
 
 
-def _wikitext_folder(data_home, train_lines=None):
+@pytest.fixture
+def toy_wikitext(data_home, monkeypatch):
+    """WikiText-2's split logic on small synthetic files (the real valid/test files have checksums)."""
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    spec = data.FileSet(**{**data.WIKITEXT2_EVAL_FILES.__dict__,
+                           "files": tuple(data.Expected(e.name) for e in data.WIKITEXT2_EVAL_FILES.files)})
+    monkeypatch.setattr(data, "WIKITEXT2_EVAL_FILES", spec)
     folder = data_home / "wikitext-2"
     folder.mkdir()
     (folder / "valid.txt").write_text("".join(f" valid line {i} \n" for i in range(10)))
     (folder / "test.txt").write_text(" test line \n")
-    if train_lines is not None:
-        (folder / "train.txt").write_text(" train line \n" * train_lines)
     return folder
 
 
-def test_wikitext2_without_train_split_says_what_trains_on_what(data_home, monkeypatch):
-    monkeypatch.setenv(data.OFFLINE_ENV, "1")
-    _wikitext_folder(data_home)
-    with pytest.warns(UserWarning, match=r"(?s)train.txt was not found.*Training on the first 80% of valid.txt"):
+def test_wikitext2_without_train_split_says_what_trains_on_what(toy_wikitext):
+    with pytest.warns(UserWarning, match=r"(?s)train.txt was not found.*training on the first 80% of valid.txt"):
         splits = data.wikitext2(held_out=0.2)
     assert splits.train == [f" valid line {i} " for i in range(8)] and len(splits.valid) == 2
-    assert splits.test == [" test line "]
+    assert splits.test == [" test line "] and "train.txt was not found" in splits.note
     description = splits.describe()
     assert "train: valid.txt, lines 1-8 (train.txt not found) (8 lines)" in description
     assert "valid: valid.txt, lines 9-10" in description and "test : test.txt" in description
@@ -223,13 +210,31 @@ def test_wikitext2_without_train_split_says_what_trains_on_what(data_home, monke
         data.wikitext2(held_out=1.0)
 
 
-def test_wikitext2_uses_train_txt_when_present_and_checks_it(data_home):
-    _wikitext_folder(data_home, train_lines=data.WIKITEXT2_TRAIN_LINES)
+def test_wikitext2_can_leave_the_warning_to_the_chapter(toy_wikitext, recwarn):
+    assert "valid.txt" in data.wikitext2(warn=False).note and not recwarn.list
+
+
+def test_wikitext2_uses_a_train_txt_that_passes_its_check(toy_wikitext):
+    words = " ".join(["a plausible line of tokenized wikipedia text"] * 6) + " \n"  # 277 bytes a line
+    (toy_wikitext / "train.txt").write_text(words[:90] + "\n" + words * (data.WIKITEXT2_TRAIN_LINES - 2))
+    with pytest.warns(UserWarning, match="train.txt was not found"):  # one line short: rejected, not used
+        assert data.wikitext2().sources["train"].startswith("valid.txt")
+    (toy_wikitext / "train.txt").write_text(words * data.WIKITEXT2_TRAIN_LINES)
     splits = data.wikitext2()
     assert len(splits.train) == data.WIKITEXT2_TRAIN_LINES and splits.sources["train"] == "train.txt"
-    (data_home / "wikitext-2" / "train.txt").write_text("a partial download\n")
-    with pytest.raises(data.DatasetNotFoundError, match="has 1 lines, but WikiText-2's train.txt has 36,718"):
-        data.wikitext2()
+    assert splits.note == ""
+
+
+def test_the_real_wikitext_files_pass_and_an_altered_copy_does_not(data_home, monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    folder = data_home / "wikitext-2"
+    folder.mkdir()
+    for name in ("valid.txt", "test.txt"):
+        shutil.copy(real_file(f"wikitext-2/{name}"), folder / name)
+    assert len(data.wikitext2(warn=False).test) == 4_358
+    (folder / "test.txt").write_text((folder / "test.txt").read_text().replace(" the ", " a ", 1))
+    with pytest.raises(data.DatasetNotFoundError, match=r"test.txt: MD5 is [0-9a-f]+, expected 781c9418"):
+        data.wikitext2(warn=False)
 
 
 def test_wikitext2_missing_gives_one_clear_error(data_home, monkeypatch):
@@ -237,3 +242,25 @@ def test_wikitext2_missing_gives_one_clear_error(data_home, monkeypatch):
     with pytest.raises(data.DatasetNotFoundError,
                        match=r"(?s)Could not find WikiText-2 \(valid.txt and test.txt\).*valid.txt, test.txt into"):
         data.wikitext2()
+
+
+def _idx(magic, *dims):
+    return struct.pack(">I" + "I" * len(dims), magic, *dims)
+
+
+def test_the_idx_structure_check():
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x"
+        path.write_bytes(_idx(2049, 3) + b"\x01\x02\x03")
+        assert data._idx_problem(path) is None
+        path.write_bytes(_idx(2049, 3) + b"\x01")
+        assert "header promises 11" in data._idx_problem(path)
+        path.write_bytes(_idx(2051, 2, 2, 2) + bytes(8))
+        assert data._idx_problem(path) is None
+        path.write_bytes(_idx(1234, 1) + b"\x00")
+        assert "magic number 1234" in data._idx_problem(path)
+        path.write_bytes(b"\x00")
+        assert "too short" in data._idx_problem(path)

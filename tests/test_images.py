@@ -65,3 +65,53 @@ def test_bundled_samples_load():
     night = images.load_image("starry_night", size=64)
     assert night.shape[:3] == (1, 3, 64) and night.shape[3] > 64  # landscape
     assert images.load_image("grace_hopper", size=32).shape[1] == 3
+
+
+@pytest.mark.parametrize("mode, value, expected", [
+    ("1", 1, 1.0), ("L", 51, 0.2), ("P", 0, 0.0), ("CMYK", (0, 0, 0, 0), 1.0),
+    ("I;16", 65535, 1.0), ("I;16", 32768, 32768 / 65535), ("LA", (255, 255), 1.0),
+])
+def test_every_accepted_mode_gives_values_in_the_unit_interval(tmp_path, mode, value, expected):
+    from PIL import Image
+
+    image = Image.new(mode, (6, 4), value)
+    path = tmp_path / f"image.{'tiff' if mode in ('CMYK', 'I;16') else 'png'}"
+    image.save(path)
+    loaded = images.load_image(path)
+    assert loaded.shape == (1, 3, 4, 6) and loaded.dtype == torch.float32
+    assert torch.allclose(loaded, torch.full_like(loaded, expected), atol=1e-3)
+
+
+def test_modes_without_a_fixed_range_and_bad_sizes_are_rejected(tmp_path):
+    from PIL import Image
+
+    Image.new("F", (4, 4), 3.5).save(tmp_path / "float.tiff")
+    with pytest.raises(ValueError, match="mode 'F' .*no fixed range"):
+        images.load_image(tmp_path / "float.tiff")
+    Image.new("RGB", (8, 8)).save(tmp_path / "rgb.png")
+    for size in (2.5, "64", (4, 4.0), (4,), True, 0, (0, 3)):
+        with pytest.raises(ValueError, match="size must be a positive integer|size must be positive"):
+            images.load_image(tmp_path / "rgb.png", size=size)
+
+
+def test_downloaded_images_are_cached_by_their_whole_url(cache_home, monkeypatch):
+    a = images.url_cache_path("https://one.example/a/photo.jpg")
+    b = images.url_cache_path("https://two.example/b/photo.jpg?x=1")
+    assert a != b and a.name.endswith("-photo.jpg") and b.name.endswith("-photo.jpg")
+    assert a.parent == b.parent == cache_home / "images"
+
+
+def test_images_honour_the_offline_switch_and_verify_the_cache(cache_home, monkeypatch, tmp_path):
+    from PIL import Image
+
+    url = "https://example.invalid/picture.png"
+    monkeypatch.setenv("GDL_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="not in the cache and GDL_OFFLINE is set"):
+        images.load_image(url)
+    cached = images.url_cache_path(url)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"<html>a portal page</html>")  # a bad cache entry is never used
+    with pytest.raises(FileNotFoundError, match="not in the cache"):
+        images.load_image(url)
+    Image.new("RGB", (5, 5), (255, 0, 0)).save(cached, "PNG")
+    assert images.load_image(url)[0, 0].mean() == 1.0

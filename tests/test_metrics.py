@@ -67,3 +67,45 @@ def test_sample_scores_accepts_precomputed_reference_features():
     from_images = sample_scores(model, samples, real)["frechet_distance"]
     from_features = sample_scores(model, samples, classify(model, real)[1])["frechet_distance"]
     assert from_images > 0 and from_features == pytest.approx(from_images, rel=1e-6)
+
+
+def test_fashion_labels_accept_numpy_and_tensor_integers():
+    import numpy as np
+
+    from utils.models import fashion_label
+
+    assert fashion_label(np.int64(7)) == 7 and fashion_label(np.uint8(2)) == 2
+    assert fashion_label(torch.tensor(9)) == 9 and fashion_label(torch.tensor([4])) == 4
+    with pytest.raises(ValueError, match="outside 0..9"):
+        fashion_label(np.int32(12))
+    for bad in (torch.tensor([1, 2]), torch.tensor(1.5), np.bool_(True), 2.0):
+        with pytest.raises(ValueError, match="label"):
+            fashion_label(bad)
+
+
+def test_a_damaged_cached_classifier_is_retrained_and_an_unwritable_cache_only_warns(data_home, cache_home,
+                                                                                      monkeypatch):
+    from conftest import real_file
+    from utils import models
+
+    offline = models.data.FASHION_MNIST_FILES.offline[0]
+    if not offline.is_dir():
+        real_file("FashionMNIST/raw/t10k-images-idx3-ubyte.gz")  # skips: no Fashion-MNIST on this machine
+    checkpoints = cache_home / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "fashion_classifier_e1_n256.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="could not be loaded"):
+        first = models.fashion_classifier(torch.device("cpu"), epochs=1, train_size=256)
+    reloaded = models.fashion_classifier(torch.device("cpu"), epochs=1, train_size=256)  # now from the cache
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), reloaded.state_dict().values()))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(models.torch, "save", refuse)
+    with pytest.warns(UserWarning, match="could not be cached .*PermissionError"):
+        again = models.fashion_classifier(torch.device("cpu"), epochs=1, train_size=128)
+    assert isinstance(again, models.FashionClassifier)  # still returned; training is seeded:
+    with pytest.warns(UserWarning, match="could not be cached"):
+        twin = models.fashion_classifier(torch.device("cpu"), epochs=1, train_size=128)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), twin.state_dict().values()))

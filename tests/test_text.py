@@ -160,3 +160,40 @@ def test_generate_with_a_seed_is_reproducible_and_runs_a_module_in_eval_mode():
     assert first != text.generate(flat, vocab, list("a"), 30, seed=6)
     assert text.generate(model, vocab, list("ab"), 3, greedy=True) == list("cda")
     assert all(model.seen_in_eval) and model.training  # eval while generating, the former mode after
+
+
+def test_decode_rejects_indices_outside_the_vocabulary():
+    vocab = text.Vocabulary("abc")
+    assert vocab.decode(torch.tensor([2, 0])) == ["c", "a"]
+    for bad in ([-1], [3], [0, -2]):
+        with pytest.raises(ValueError, match=r"indices outside 0..2 cannot be decoded"):
+            vocab.decode(bad)
+
+
+def test_tiny_and_non_finite_temperatures():
+    logits = torch.tensor([1.0, 3.0, 2.0])
+    for t in (1e-3, 1e-30, 1e-300):
+        probabilities = text.reweight(logits, t)
+        assert torch.isfinite(probabilities).all() and probabilities.argmax() == 1 and probabilities[1] > 0.999
+    assert text.sample(logits, 1e-30) == 1
+    for t in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="temperature must be > 0"):
+            text.reweight(logits, t)
+
+
+def test_a_plain_string_prompt_is_rejected_for_a_word_vocabulary():
+    words = text.Vocabulary(["the", "cat", "sat"])
+    step = _counting_model(len(words))
+    with pytest.raises(ValueError, match=r"is a string, but this vocabulary holds words: pass a list"):
+        text.generate(step, words, "the cat", 2)
+    assert len(text.generate(step, words, "the cat".split(), 2, greedy=True)) == 2
+    chars = text.Vocabulary("abcd")
+    assert text.generate(_counting_model(4), chars, "ab", 2, greedy=True) == list("cd")  # characters: fine
+
+
+def test_evaluate_rejects_a_source_too_short_for_one_batch():
+    model = torch.nn.Module()
+    with pytest.raises(ValueError, match="evaluation needs at least two"):
+        text.evaluate(model, torch.zeros(1, 4, dtype=torch.long), bptt=5)
+    with pytest.raises(ValueError, match="evaluation needs at least two"):
+        text.position_losses(model, torch.zeros(0, 4, dtype=torch.long), bptt=5)

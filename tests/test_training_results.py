@@ -1,5 +1,8 @@
 import json
 
+import numpy as np
+import pytest
+
 import matplotlib.pyplot as plt
 import torch
 
@@ -33,22 +36,68 @@ def test_text_progress_ends_with_the_full_bar(monkeypatch, capsys):
     assert "4/4" in notebooks.final_text(capsys.readouterr().out)
 
 
+HEADLINE = dict(headline="loss", meaning="lower is better", reference="goal 1.0")
+
+
 def test_smoke_runs_never_write_results(tmp_path, monkeypatch):
     monkeypatch.setenv(results.RESULTS_DIR_ENV, str(tmp_path))
     monkeypatch.setenv(runtime.SMOKE_ENV, "1")
-    assert results.save_results("toy", {"loss": 1.0}, torch.device("cpu"), 1.0) is None
+    assert results.save_results("toy", {"loss": 1.0}, torch.device("cpu"), 1.0, **HEADLINE) is None
+    monkeypatch.setenv(runtime.SMOKE_ENV, "smoek")  # a typo is an error, never a full run's results
+    with pytest.raises(ValueError, match="GDL_SMOKE='smoek'"):
+        results.save_results("toy", {"loss": 1.0}, torch.device("cpu"), 1.0, **HEADLINE)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_full_runs_write_the_results_record(tmp_path, monkeypatch):
+def test_full_runs_write_a_checked_record_atomically(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(results.RESULTS_DIR_ENV, str(tmp_path))
     monkeypatch.delenv(runtime.SMOKE_ENV, raising=False)
-    path = results.save_results("toy", {"loss": 0.5}, torch.device("cpu"), 12.34)
+    metrics = {"loss": np.float32(0.5), "steps": np.int64(7), "acc": torch.tensor(0.25), "size": (3, 4),
+               "shape": torch.tensor([2, 3]), "weights": "caffe", "ok": True}
+    path = results.save_results("toy", metrics, torch.device("cpu"), 12.34, **HEADLINE)
     record = json.loads(path.read_text())
-    assert path == tmp_path / "toy.json"
-    assert record["chapter"] == "toy" and record["profile"] == "full"
-    assert record["metrics"] == {"loss": 0.5} and record["wall_time_s"] == 12.3
-    assert record["device"].startswith("cpu") and results.load_results("toy") == record
+    assert path == tmp_path / "toy.json" and [p.name for p in tmp_path.iterdir()] == ["toy.json"]
+    assert record["metrics"] == {"loss": 0.5, "steps": 7, "acc": 0.25, "size": [3, 4], "shape": [2, 3],
+                                 "weights": "caffe", "ok": True}
+    assert record["headline"] == {"metric": "loss", "meaning": "lower is better", "reference": "goal 1.0"}
+    assert record["chapter"] == "toy" and record["profile"] == "full" and record["wall_time_s"] == 12.3
+    assert record["threads"] == torch.get_num_threads() and record["device"].startswith("cpu")
+    assert results.load_results("toy") == record
+    assert "Saved toy.json in $GDL_RESULTS_DIR" in capsys.readouterr().out  # no absolute path printed
+
+
+@pytest.mark.parametrize("metrics, headline, message", [
+    ({"loss": float("nan")}, "loss", "metric 'loss' is nan"),
+    ({"loss": object()}, "loss", "metric 'loss' has a value of type object"),
+    ({"loss": 1.0}, "accuracy", "the headline metric 'accuracy' is not among the metrics"),
+    ({"loss": "low"}, "loss", "the headline metric 'loss' is not a number"),
+    ({}, "loss", "'metrics' must be a non-empty object"),
+])
+def test_bad_records_fail_before_anything_is_written(tmp_path, monkeypatch, metrics, headline, message):
+    monkeypatch.setenv(results.RESULTS_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(runtime.SMOKE_ENV, raising=False)
+    with pytest.raises((ValueError, TypeError), match=message):
+        results.save_results("toy", metrics, torch.device("cpu"), 1.0,
+                             **{**HEADLINE, "headline": headline})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_summary_table_skips_and_names_malformed_files(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.RESULTS_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(runtime.SMOKE_ENV, raising=False)
+    for name, value in (("beta", 2.5), ("alpha", 0.125)):
+        results.save_results(name, {"loss": value}, torch.device("cpu"), 90.0, **HEADLINE)
+    (tmp_path / "broken.json").write_text("{ not json")
+    (tmp_path / "stray.json").write_text(json.dumps({"chapter": "stray", "metrics": {}}))
+    records, skipped = results.all_results()
+    assert [r["chapter"] for r in records] == ["alpha", "beta"]
+    assert [s.split(":")[0] for s in skipped] == ["broken.json", "stray.json"]
+    table = results.summary_html(order=["beta", "alpha"])
+    assert table.count("<tr>") == 3 and table.index(">beta<") < table.index(">alpha<")
+    assert "<td>0.125</td>" in table and "1.5 min" in table and "goal 1.0" in table
+    assert "broken.json: not readable JSON" in table and "stray.json" in table
+    with pytest.raises(ValueError, match=r"stray.json in \$GDL_RESULTS_DIR: 'profile' must be 'full'"):
+        results.load_results("stray")
 
 
 def test_final_text_keeps_what_a_terminal_shows():

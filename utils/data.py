@@ -1,19 +1,17 @@
-"""Datasets that load the same way everywhere: a local data folder, the canonical online
-source, then offline copies installed by package registries -- or one clear error.
+"""The book's datasets: MNIST and Fashion-MNIST, CelebA faces, and two texts.
 
-The order matters for the book's readers: on a laptop the files are downloaded once and
-then found locally; in Colab they come from the canonical source; on a machine without
-network they come from a registry package (e.g. Debian's ``dataset-fashion-mnist``).
-Network look-ups use short time-outs, so a machine without network fails fast.
+Each is a :class:`~utils.sources.FileSet` (what its files must be, where they may come from) and a
+loader that returns tensors or lines. :mod:`utils.sources` finds and verifies the files; this module
+turns verified files into data, and names the file in a clear error if one still cannot be read.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
-import os
-import shutil
-import urllib.request
+import io
+import struct
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,161 +21,33 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-#: Environment variable naming the folder where datasets are looked for first (read only).
-DATA_DIR_ENV = "GDL_DATA_DIR"
-#: Environment variable naming the writable cache for downloads and unpacked copies.
-CACHE_DIR_ENV = "GDL_CACHE_DIR"
-#: Set to ``1`` to skip the online step (useful on a machine known to have no network).
-OFFLINE_ENV = "GDL_OFFLINE"
-#: Default data folder and cache.
-DEFAULT_DATA_DIR = Path.home() / ".cache" / "gdl-pytorch"
-#: Seconds to wait for a server before moving on to the next source.
-TIMEOUT_S = 10.0
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """No source could provide a dataset; the message lists every place that was tried."""
-
-
-@dataclass(frozen=True)
-class FileSet:
-    """Where the files of one dataset can come from.
-
-    ``files`` pairs each file name with its MD5 (``None``: not checked); ``subdirs`` are the
-    folders inside the data folder to look in (the first is where downloads go);
-    ``mirrors`` are base URLs of the canonical online source; ``fetch``, for a source that is not a
-    plain download, writes the files into the folder it is given, and ``fetch_from`` names that
-    source in errors; ``offline`` are folders that registry packages install; ``how_to`` tells a
-    reader how to provide the files by hand.
-    """
-
-    name: str
-    files: tuple[tuple[str, str | None], ...]
-    subdirs: tuple[str, ...]
-    mirrors: tuple[str, ...] = ()
-    offline: tuple[Path, ...] = ()
-    how_to: str = ""
-    fetch: Callable[[Path], None] | None = None
-    fetch_from: str = ""
-
-
-def data_dir() -> Path:
-    """The folder searched first: ``$GDL_DATA_DIR``, else ``~/.cache/gdl-pytorch``. Never written to."""
-    value = os.environ.get(DATA_DIR_ENV, "").strip()
-    return Path(value).expanduser() if value else DEFAULT_DATA_DIR
-
-
-def _cache_path() -> Path:
-    value = os.environ.get(CACHE_DIR_ENV, "").strip()
-    return Path(value).expanduser() if value else DEFAULT_DATA_DIR
-
-
-def cache_dir() -> Path:
-    """The writable folder for downloads, unpacked copies and checkpoints: ``$GDL_CACHE_DIR``,
-    else ``~/.cache/gdl-pytorch``. Kept apart from the data folder, which may be shared or read-only.
-    """
-    folder = _cache_path()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _search_roots() -> list[Path]:
-    roots = [data_dir(), _cache_path()]
-    return [r for i, r in enumerate(roots) if r not in roots[:i]]
-
-
-def md5sum(path: Path) -> str:
-    """Hex MD5 of a file, read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def download(url: str, dest: Path, md5: str | None = None, timeout: float = TIMEOUT_S) -> Path:
-    """Download ``url`` to ``dest`` (atomically, via a ``.part`` file) and check its MD5."""
-    part = dest.with_name(dest.name + ".part")
-    request = urllib.request.Request(url, headers={"User-Agent": "gdl-pytorch"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            dest.parent.mkdir(parents=True, exist_ok=True)  # only once a server has answered
-            with open(part, "wb") as f:
-                shutil.copyfileobj(response, f)
-        if md5 is not None and md5sum(part) != md5:
-            raise OSError(f"checksum mismatch for {url}")
-        part.replace(dest)
-    finally:
-        part.unlink(missing_ok=True)
-    return dest
-
-
-def _complete(folder: Path, spec: FileSet) -> bool:
-    return all((folder / name).is_file() for name, _ in spec.files)
-
-
-def offline() -> bool:
-    """True when ``$GDL_OFFLINE`` asks the loaders not to use the network."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes"}
-
-
-def locate(spec: FileSet, fetch: Callable[[str, Path, str | None], Path] = download) -> Path:
-    """The folder holding every file of ``spec``, trying in order:
-
-    1. the data folder (``$GDL_DATA_DIR``), then the cache, in each of ``spec.subdirs``;
-    2. the canonical online source, each mirror in turn, then ``spec.fetch`` (skipped when
-       ``$GDL_OFFLINE=1``);
-    3. folders installed by registry packages (``spec.offline``).
-
-    Raises :class:`DatasetNotFoundError` listing what was tried and how to provide the files.
-    """
-    tried: list[str] = []
-    for root in _search_roots():
-        for sub in spec.subdirs:
-            folder = root / sub
-            if _complete(folder, spec):
-                return folder
-            tried.append(f"data folder: {folder} (files missing)")
-
-    if offline():
-        tried.append(f"online: skipped because {OFFLINE_ENV} is set")
-    elif spec.mirrors or spec.fetch:
-        dest = cache_dir() / spec.subdirs[0]
-        for mirror in spec.mirrors:
-            try:
-                for name, md5 in spec.files:
-                    if not (dest / name).is_file():
-                        fetch(mirror.rstrip("/") + "/" + name, dest / name, md5)
-                return dest
-            except Exception as exc:  # noqa: BLE001 -- any failure means: try the next source
-                tried.append(f"online: {mirror} ({type(exc).__name__}: {exc})")
-        if spec.fetch is not None:
-            try:
-                spec.fetch(dest)
-                if _complete(dest, spec):
-                    return dest
-                raise OSError("it finished without writing " + ", ".join(name for name, _ in spec.files))
-            except Exception as exc:  # noqa: BLE001 -- any failure means: try the next source
-                tried.append(f"online: {spec.fetch_from} ({type(exc).__name__}: {exc})")
-
-    for folder in spec.offline:
-        if _complete(folder, spec):
-            return folder
-        tried.append(f"offline package folder: {folder} (not installed)")
-
-    needed = ", ".join(name for name, _ in spec.files)
-    lines = "\n  - ".join(tried)
-    raise DatasetNotFoundError(
-        f"Could not find {spec.name}. Tried, in order:\n  - {lines}\n"
-        f"To provide it, put {needed} into {data_dir() / spec.subdirs[0]} "
-        f"(or set {DATA_DIR_ENV} to a folder that has them)." + (f" {spec.how_to}" if spec.how_to else ""))
-
+from .sources import (CACHE_DIR_ENV, DATA_DIR_ENV, DEFAULT_DATA_DIR, OFFLINE_ENV,  # noqa: F401 -- public names
+                      BadFileError, DatasetNotFoundError, Expected, FileSet, atomic_path, cache_dir,
+                      data_dir, download, locate, md5sum, offline, sha256sum)
 
 # --- MNIST and Fashion-MNIST ------------------------------------------------------------------
 
+# SHA-256 of the decompressed IDX files: the same for the published .gz files and for copies that a
+# package re-compressed (Debian's dataset-fashion-mnist), and different between MNIST and Fashion-MNIST.
+_IDX_CONTENT_SHA256 = {
+    "MNIST": {
+        "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte.gz": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"},
+    "FashionMNIST": {
+        "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"},
+}
+
+
 def _idx_spec(cls: type[datasets.MNIST], offline: tuple[Path, ...], how_to: str) -> FileSet:
     name = cls.__name__
-    return FileSet(name=f"the {name} dataset", files=tuple(cls.resources), subdirs=(f"{name}/raw", name),
+    files = tuple(Expected(gz, md5=md5, gunzip_sha256=_IDX_CONTENT_SHA256[name][gz],
+                           source=f"published for {name}") for gz, md5 in cls.resources)
+    return FileSet(name=f"the {name} dataset", files=files, subdirs=(f"{name}/raw", name),
                    mirrors=tuple(cls.mirrors), offline=offline, how_to=how_to)
 
 
@@ -187,22 +57,39 @@ FASHION_MNIST_FILES = _idx_spec(datasets.FashionMNIST, (Path("/usr/share/dataset
                                 "Offline, on Debian or Ubuntu: apt-get install dataset-fashion-mnist.")
 
 
-def _torchvision_root(cls: type[datasets.MNIST], folder: Path) -> Path:
-    """A root that ``cls(root, download=False)`` reads: unpack the ``.gz`` files if needed."""
-    raw_names = [Path(name).stem for name, _ in cls.resources]  # "x.gz" -> "x"
-    if folder.name == "raw" and folder.parent.name == cls.__name__ and \
-            all((folder / n).is_file() for n in raw_names):
-        return folder.parent.parent
-    root = cache_dir()
+def _idx_problem(path: Path) -> str | None:
+    """Why an uncompressed IDX file is not whole: magic number, item count and exact size."""
+    try:
+        with open(path, "rb") as f:
+            magic, count = struct.unpack(">II", f.read(8))
+            dims = struct.unpack(">II", f.read(8)) if magic == 2051 else ()
+    except (OSError, struct.error):
+        return "too short for an IDX header"
+    if magic not in (2049, 2051):
+        return f"IDX magic number {magic}, expected 2049 (labels) or 2051 (images)"
+    size = 8 + 4 * len(dims) + count * int(np.prod(dims or (1,)))
+    actual = path.stat().st_size
+    return None if actual == size else f"{actual:,} bytes where its header promises {size:,}"
+
+
+def _unpacked_root(cls: type[datasets.MNIST], folder: Path, spec: FileSet) -> Path:
+    """A root that ``cls(root, download=False)`` reads: the verified ``.gz`` files of ``folder``
+    unpacked into the cache, under a key of their checksums, so a fixed source gives a fresh copy.
+    A missing, empty or damaged unpacked file is rebuilt."""
+    key = hashlib.sha256("".join(md5sum(folder / e.name) for e in spec.files).encode()).hexdigest()[:16]
+    root = cache_dir() / "unpacked" / f"{cls.__name__}-{key}"
     raw = root / cls.__name__ / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for gz_name, _ in cls.resources:
-        target = raw / Path(gz_name).stem
-        if not target.is_file():
-            part = target.with_name(target.name + ".part")
-            with gzip.open(folder / gz_name, "rb") as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            part.replace(target)
+    for expected in spec.files:
+        target = raw / Path(expected.name).stem  # "x.gz" -> "x"
+        if target.is_file() and _idx_problem(target) is None:
+            continue
+        with atomic_path(target) as tmp:
+            with gzip.open(folder / expected.name, "rb") as src, open(tmp, "wb") as dst:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    dst.write(chunk)
+            problem = _idx_problem(tmp)
+            if problem:
+                raise BadFileError(f"{folder / expected.name} unpacks to a damaged IDX file ({problem})")
     return root
 
 
@@ -211,13 +98,18 @@ def mnist(train: bool = True, fashion: bool = False,
     """MNIST (or Fashion-MNIST with ``fashion=True``) as a torchvision dataset of 28x28 images.
 
     Images become float tensors in [0, 1] of shape (1, 28, 28) unless ``transform`` says
-    otherwise. See :func:`locate` for where the files are looked for.
+    otherwise. See :func:`~utils.sources.locate` for where the files are looked for.
     """
     cls = datasets.FashionMNIST if fashion else datasets.MNIST
-    folder = locate(FASHION_MNIST_FILES if fashion else MNIST_FILES)
-    root = _torchvision_root(cls, folder)
-    return cls(str(root), train=train, download=False,
-               transform=transform if transform is not None else transforms.ToTensor())
+    spec = FASHION_MNIST_FILES if fashion else MNIST_FILES
+    folder = locate(spec)
+    root = _unpacked_root(cls, folder, spec)
+    try:
+        return cls(str(root), train=train, download=False,
+                   transform=transform if transform is not None else transforms.ToTensor())
+    except Exception as exc:  # noqa: BLE001 -- name the files rather than torchvision's internals
+        raise BadFileError(f"{spec.name} in {root / cls.__name__ / 'raw'} could not be read "
+                           f"({type(exc).__name__}: {exc}); delete that folder to rebuild it") from exc
 
 
 def fashion_mnist(train: bool = True, transform: Callable | None = None) -> datasets.FashionMNIST:
@@ -257,6 +149,31 @@ def check_images(batch: torch.Tensor, shape: Sequence[int], what: str = "images"
 
 CELEBA_ZIP = "celeba64-10k.zip"
 CELEBA_ONLINE_FACES = 10_000
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _face_names(archive: zipfile.ZipFile) -> list[str]:
+    return sorted(n for n in archive.namelist() if n.lower().endswith(_IMAGE_SUFFIXES))
+
+
+def _check_face_zip(path: Path) -> None:
+    """A zip of face images: a readable archive, every member's CRC right, at least one image that decodes.
+    No checksum: the online step builds its own zip, and any such zip of faces works."""
+    from PIL import Image
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            names = _face_names(archive)
+            if damaged is not None:
+                raise BadFileError(f"its member {damaged} is damaged (CRC mismatch)")
+            if not names:
+                raise BadFileError("it holds no JPEG or PNG images")
+            Image.open(archive.open(names[0])).load()
+    except zipfile.BadZipFile as exc:
+        raise BadFileError(f"it is not a readable zip archive ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise BadFileError(f"its first image does not decode ({type(exc).__name__}: {exc})") from None
 
 
 def _face_tensor(image, size: int) -> torch.Tensor:
@@ -271,27 +188,18 @@ def _face_tensor(image, size: int) -> torch.Tensor:
 def _celeba_zip_from_torchvision(folder: Path) -> None:
     """Write ``celeba64-10k.zip`` into ``folder``: the first 10,000 aligned CelebA faces at 64x64,
     from CelebA's canonical host through torchvision (which needs gdown)."""
-    import io
-    import zipfile
-
     dataset = datasets.CelebA(str(cache_dir()), split="all", target_type=[], download=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    part = folder / (CELEBA_ZIP + ".part")
-    try:
-        with zipfile.ZipFile(part, "w") as archive:
-            for i in range(min(CELEBA_ONLINE_FACES, len(dataset))):
-                # The aligned images are 178x218 with the face in the upper middle: crop rows 20..198.
-                face = dataset[i][0].crop((0, 20, 178, 198)).resize((64, 64), 3)
-                buffer = io.BytesIO()
-                face.save(buffer, "JPEG", quality=95)
-                archive.writestr(f"{i + 1:06d}.jpg", buffer.getvalue())
-        part.replace(folder / CELEBA_ZIP)
-    finally:
-        part.unlink(missing_ok=True)
+    with atomic_path(folder / CELEBA_ZIP) as tmp, zipfile.ZipFile(tmp, "w") as archive:
+        for i in range(min(CELEBA_ONLINE_FACES, len(dataset))):
+            # The aligned images are 178x218 with the face in the upper middle: crop rows 20..198.
+            face = dataset[i][0].crop((0, 20, 178, 198)).resize((64, 64), 3)
+            buffer = io.BytesIO()
+            face.save(buffer, "JPEG", quality=95)
+            archive.writestr(f"{i + 1:06d}.jpg", buffer.getvalue())
 
 
 CELEBA_FILES = FileSet(
-    name="the CelebA faces", files=((CELEBA_ZIP, None),), subdirs=("celeba", "."),
+    name="the CelebA faces", files=(Expected(CELEBA_ZIP, check=_check_face_zip),), subdirs=("celeba", "."),
     fetch=lambda folder: _celeba_zip_from_torchvision(folder),  # looked up at call time, so tests can replace it
     fetch_from="CelebA through torchvision -- its Google Drive host often refuses downloads once its daily "
                "quota is used up: try again later",
@@ -302,27 +210,59 @@ CELEBA_FILES = FileSet(
 def celeba_faces(limit: int | None = None, size: int = 64) -> torch.Tensor:
     """Aligned CelebA faces as a uint8 tensor (N, 3, size, size), held in memory.
 
-    From ``celeba64-10k.zip`` (10,000 faces at 64x64), which :func:`locate` finds in the data folder
-    or builds from CelebA's canonical host through torchvision; else one error lists what was tried.
+    From ``celeba64-10k.zip`` (10,000 faces at 64x64), which :func:`~utils.sources.locate` finds in
+    the data folder or builds from CelebA's canonical host through torchvision; else one error lists
+    what was tried. Asking for more faces than the zip holds is an error, not a smaller set.
     """
-    import zipfile
-
     from PIL import Image
 
     path = locate(CELEBA_FILES) / CELEBA_ZIP
     with zipfile.ZipFile(path) as archive:
-        names = sorted(n for n in archive.namelist() if n.lower().endswith((".jpg", ".jpeg", ".png")))[:limit]
-        if not names:
-            raise DatasetNotFoundError(f"{path} holds no JPEG or PNG images")
-        return torch.stack([_face_tensor(Image.open(archive.open(n)), size) for n in names])
+        names = _face_names(archive)
+        if limit is not None and len(names) < limit:
+            raise BadFileError(f"{path} holds {len(names):,} face images, fewer than the {limit:,} asked for")
+        faces = []
+        for name in names[:limit]:
+            try:
+                faces.append(_face_tensor(Image.open(archive.open(name)), size))
+            except (OSError, EOFError) as exc:
+                raise BadFileError(f"{path}: the image {name} does not decode ({exc}); replace the zip") from None
+        return torch.stack(faces)
 
 
 # --- Texts --------------------------------------------------------------------------------
 
-# No checksum: the copy we verified (MD5 85dce9bd...) came from a mirror, and the canonical file's
-# own checksum is not published.
+def text_check(min_bytes: int, max_bytes: int, encoding: str = "utf-8", starts_with: str | None = None,
+               lines: int | None = None) -> Callable[[Path], None]:
+    """A structural check for a text file without a published checksum: its size, that it decodes,
+    that it is not a web page (a captive portal's answer saved under the file's name), and optionally
+    its opening words and exact line count."""
+    def check(path: Path) -> None:
+        raw = path.read_bytes()
+        head = raw[:500].decode("latin-1").lstrip().lower()
+        if head.startswith(("<!doctype", "<html")) or "<head>" in head:
+            raise BadFileError("it is a web page, not the text (a proxy or captive portal answered)")
+        if b"\x00" in raw:
+            raise BadFileError("it holds NUL bytes: it is binary, not text")
+        if not min_bytes <= len(raw) <= max_bytes:
+            raise BadFileError(f"{len(raw):,} bytes, expected {min_bytes:,} to {max_bytes:,}")
+        try:
+            content = raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise BadFileError(f"it is not {encoding} text ({exc.reason} at byte {exc.start:,})") from None
+        if starts_with is not None and not content.startswith(starts_with):
+            raise BadFileError(f"it does not start with {starts_with!r}")
+        if lines is not None and content.count("\n") != lines:
+            raise BadFileError(f"{content.count(chr(10)):,} lines, expected {lines:,}")
+    return check
+
+
+# The canonical file publishes no checksum, and copies differ in a few non-ASCII bytes, so it is
+# checked by its structure. The copy we verified: 600,902 bytes, SHA-256 769ce58b...b16ec741ff.
 NIETZSCHE_FILES = FileSet(
-    name="the Nietzsche text", files=(("nietzsche.txt", None),),
+    name="the Nietzsche text",
+    files=(Expected("nietzsche.txt", check=text_check(590_000, 610_000, encoding="latin-1",
+                                                     starts_with="preface\n\n\nsupposing that truth is a woman")),),
     subdirs=("nietzsche", "."), mirrors=("https://s3.amazonaws.com/text-datasets/",),
     how_to="It is the text of the Keras character-level LSTM example (Beyond Good and Evil, "
            "Project Gutenberg).")
@@ -338,28 +278,33 @@ def nietzsche_text() -> str:
 
 # WikiText-2 in the tokenized form of PyTorch's word_language_model example. The commit-pinned copy
 # matches the checksums; ``main`` is the fallback mirror. The train split's checksum is not published
-# with the example, so it is checked by its line count instead (36,718 lines).
+# with the example, so it is checked by its structure instead (36,718 lines of UTF-8 text).
 _WIKITEXT2_URL = "https://raw.githubusercontent.com/pytorch/examples/{}/word_language_model/data/wikitext-2/"
 _WIKITEXT2_MIRRORS = (_WIKITEXT2_URL.format("77f55b912142e11fcfdf5b530231fb9c52f181e8"), _WIKITEXT2_URL.format("main"))
 _WIKITEXT2_HOW_TO = "The files are those of github.com/pytorch/examples, word_language_model/data/wikitext-2/."
+_WIKITEXT2_SOURCE = "of pytorch/examples' copy"
+WIKITEXT2_TRAIN_LINES = 36_718
 WIKITEXT2_EVAL_FILES = FileSet(
     name="WikiText-2 (valid.txt and test.txt)",
-    files=(("valid.txt", "d756d22ab2310e7e60c094bea5c5a8eb"), ("test.txt", "781c9418ab9414bd09e4aad825aae752")),
+    files=(Expected("valid.txt", md5="d756d22ab2310e7e60c094bea5c5a8eb", source=_WIKITEXT2_SOURCE),
+           Expected("test.txt", md5="781c9418ab9414bd09e4aad825aae752", source=_WIKITEXT2_SOURCE)),
     subdirs=("wikitext-2",), mirrors=_WIKITEXT2_MIRRORS, how_to=_WIKITEXT2_HOW_TO)
 WIKITEXT2_TRAIN_FILES = FileSet(
-    name="WikiText-2 (train.txt)", files=(("train.txt", None),), subdirs=("wikitext-2",),
-    mirrors=_WIKITEXT2_MIRRORS, how_to=_WIKITEXT2_HOW_TO)
-WIKITEXT2_TRAIN_LINES = 36_718
+    name="WikiText-2 (train.txt)",
+    files=(Expected("train.txt", check=text_check(9_000_000, 12_000_000, lines=WIKITEXT2_TRAIN_LINES)),),
+    subdirs=("wikitext-2",), mirrors=_WIKITEXT2_MIRRORS, how_to=_WIKITEXT2_HOW_TO)
 
 
 @dataclass(frozen=True)
 class TextSplits:
-    """The lines of a corpus's train, validation and test splits, and where each came from."""
+    """The lines of a corpus's train, validation and test splits, where each came from, and, when a
+    split had to be stood in for, a note that says so (a chapter prints it)."""
 
     train: list[str]
     valid: list[str]
     test: list[str]
     sources: dict[str, str]
+    note: str = ""
 
     def describe(self) -> str:
         """One line per split: its role, its source and its size."""
@@ -371,12 +316,13 @@ def _lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-def wikitext2(held_out: float = 0.1) -> TextSplits:
+def wikitext2(held_out: float = 0.1, warn: bool = True) -> TextSplits:
     """WikiText-2's splits as lines of space-separated tokens (rare words already ``<unk>``).
 
-    valid.txt and test.txt are required (see :func:`locate`). When train.txt cannot be found
-    anywhere, the model is trained on the first ``1 - held_out`` of valid.txt's lines and validated
-    on the rest, test.txt stays the test split, and a warning says so -- never silently.
+    valid.txt and test.txt are required (see :func:`~utils.sources.locate`). When train.txt cannot be
+    found anywhere, the model is trained on the first ``1 - held_out`` of valid.txt's lines and
+    validated on the rest, test.txt stays the test split, and ``note`` says so -- never silently: a
+    warning too, unless ``warn=False`` (a chapter that prints the note itself).
     """
     if not 0 < held_out < 1:
         raise ValueError(f"held_out must be a fraction between 0 and 1, got {held_out}")
@@ -384,20 +330,23 @@ def wikitext2(held_out: float = 0.1) -> TextSplits:
     valid, test = _lines(folder / "valid.txt"), _lines(folder / "test.txt")
     try:
         train_path = locate(WIKITEXT2_TRAIN_FILES) / "train.txt"
-    except DatasetNotFoundError as err:
+    except DatasetNotFoundError:
         cut = round(len(valid) * (1 - held_out))
-        tried = "\n".join(line for line in str(err).splitlines() if line.startswith("  - "))
-        warnings.warn(f"WikiText-2's train.txt was not found; tried:\n{tried}\nTraining on the first "
-                      f"{1 - held_out:.0%} of valid.txt instead and validating on the rest; test.txt is "
-                      "still the test split. Perplexities are then not comparable with published ones.",
-                      stacklevel=2)
-        return TextSplits(train=valid[:cut], valid=valid[cut:], test=test, sources={
+        note = (f"WikiText-2's train.txt was not found (see data.locate(data.WIKITEXT2_TRAIN_FILES) for where it "
+                f"was looked for): training on the first {1 - held_out:.0%} of valid.txt instead and validating "
+                "on the rest; test.txt is still the test split. Perplexities are then not comparable with "
+                "published ones.")
+        if warn:
+            warnings.warn(note, stacklevel=2)
+        return TextSplits(train=valid[:cut], valid=valid[cut:], test=test, note=note, sources={
             "train": f"valid.txt, lines 1-{cut:,} (train.txt not found)",
             "valid": f"valid.txt, lines {cut + 1:,}-{len(valid):,}", "test": "test.txt"})
-    train = _lines(train_path)
-    if len(train) != WIKITEXT2_TRAIN_LINES:
-        raise DatasetNotFoundError(f"{train_path} has {len(train):,} lines, but WikiText-2's train.txt has "
-                                   f"{WIKITEXT2_TRAIN_LINES:,}: it is another file or a partial download. "
-                                   f"Delete it and try again. {_WIKITEXT2_HOW_TO}")
-    return TextSplits(train=train, valid=valid, test=test,
+    return TextSplits(train=_lines(train_path), valid=valid, test=test,
                       sources={"train": "train.txt", "valid": "valid.txt", "test": "test.txt"})
+
+
+__all__ = [
+    "BadFileError", "DatasetNotFoundError", "Expected", "FileSet", "locate", "download", "data_dir", "cache_dir",
+    "offline", "md5sum", "sha256sum", "atomic_path", "mnist", "fashion_mnist", "as_tensors", "take",
+    "check_images", "celeba_faces", "nietzsche_text", "wikitext2", "TextSplits", "text_check",
+]

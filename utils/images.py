@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
-from . import data
+from . import sources
 
 
 def grid_array(images: torch.Tensor, nrow: int = 8, padding: int = 2,
@@ -90,13 +90,19 @@ SAMPLES = {
 }
 
 
+#: SHA-256 of the committed Starry Night (the copy in book/images/ and in the data folder).
+STARRY_NIGHT = sources.Expected("starry_night.jpg", sha256="accda7a19a90f22a4a922fdc8c230167d7abf5f80882171e2cee125c5f12481d",
+                                source="of the book's copy")
+
+
 def _sample(name: str):
     from PIL import Image
 
     if name == "starry_night":
-        for folder in (_BOOK_IMAGES, data.data_dir() / "images"):
-            if (folder / "starry_night.jpg").is_file():
-                return Image.open(folder / "starry_night.jpg")
+        for folder in (_BOOK_IMAGES, sources.data_dir() / "images"):
+            path = folder / STARRY_NIGHT.name
+            if path.is_file() and STARRY_NIGHT.problem(path) is None:
+                return Image.open(path)
         return _open(_fetch(STARRY_NIGHT_URL))
     if name == "grace_hopper":
         from matplotlib import cbook
@@ -109,14 +115,40 @@ def _sample(name: str):
     return Image.fromarray(getattr(skdata, name)())
 
 
+def _check_image(path: Path) -> None:
+    """A structural check for a downloaded image: Pillow decodes it completely."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as exc:  # noqa: BLE001 -- any decoding failure means: not an image
+        raise sources.BadFileError(f"it is not an image Pillow can decode ({type(exc).__name__}: {exc})") from None
+
+
+def url_cache_path(url: str) -> Path:
+    """Where a downloaded image is cached: keyed by the whole URL, so two URLs ending in the same
+    file name never share a file; the name is kept for readers who look into the cache."""
+    import hashlib
+
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    name = Path(url.split("?")[0].split("#")[0]).name or "image"
+    return sources.cache_dir() / "images" / f"{key}-{name}"
+
+
 def _fetch(url: str) -> Path:
-    dest = data.cache_dir() / "images" / Path(url.split("?")[0]).name
-    if not dest.is_file():
-        try:
-            data.download(url, dest)
-        except Exception as exc:  # noqa: BLE001
-            raise FileNotFoundError(f"could not download the image {url} ({type(exc).__name__}: {exc}); "
-                                    "download it yourself and pass its path") from None
+    expected = sources.Expected(Path(url.split("?")[0]).name or "image", check=_check_image)
+    dest = url_cache_path(url)
+    if dest.is_file() and expected.problem(dest) is None:
+        return dest
+    if sources.offline():
+        raise FileNotFoundError(f"the image {url} is not in the cache and {sources.OFFLINE_ENV} is set: "
+                                "download it yourself and pass its path")
+    try:
+        sources.download(url, dest, expected)
+    except Exception as exc:  # noqa: BLE001
+        raise FileNotFoundError(f"could not download the image {url} ({type(exc).__name__}: {exc}); "
+                                "download it yourself and pass its path") from None
     return dest
 
 
@@ -133,14 +165,49 @@ def _open(path: Path):
     return image
 
 
+#: Image modes with more than 8 bits per value, and the largest value of each.
+_WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535}
+
+
+def _rgb_array(image) -> np.ndarray:
+    """Any supported Pillow image -> float32 array (H, W, 3) in [0, 1]; transparency over white."""
+    from PIL import Image
+
+    if image.mode in _WIDE_MODES:  # 16-bit grey: scale by its own range, not clipped to 8 bits
+        grey = np.asarray(image, dtype=np.float32) / _WIDE_MODES[image.mode]
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode in ("I", "F"):
+        raise ValueError(f"images of mode {image.mode!r} (32-bit {'integer' if image.mode == 'I' else 'float'} "
+                         "values) have no fixed range to map to [0, 1]: save it as an 8- or 16-bit image first")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _target_size(size, height: int, width: int) -> tuple[int, int]:
+    def whole(value) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+    if whole(size):
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        scale = size / min(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(whole(v) and v > 0 for v in size):
+        return int(size[0]), int(size[1])
+    raise ValueError(f"size must be a positive integer (the shorter side) or (height, width) of positive "
+                     f"integers, got {size!r}")
+
+
 def load_image(source: str | Path, size: int | tuple[int, int] | None = None) -> torch.Tensor:
     """An RGB image as a tensor (1, 3, H, W) in [0, 1], from a path, a URL or a sample name.
 
-    Sample names are the keys of :data:`SAMPLES`. Grey, palette and RGBA images are converted to
-    RGB (transparency over white). ``size`` is the length of the shorter side, or (height, width).
+    Sample names are the keys of :data:`SAMPLES`. Grey, palette, CMYK, 16-bit grey and transparent
+    images are converted to RGB values in [0, 1] (transparency over white); 32-bit integer or float
+    images are rejected. ``size`` is the length of the shorter side, or (height, width).
     """
-    from PIL import Image
-
     text = str(source)
     if text.startswith(("http://", "https://")):
         image = _open(_fetch(text))
@@ -151,17 +218,10 @@ def load_image(source: str | Path, size: int | tuple[int, int] | None = None) ->
     else:
         raise FileNotFoundError(f"no image at {text!r}: it is not a file, not a URL, and not one of the "
                                 f"bundled samples ({', '.join(SAMPLES)})")
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    image = image.convert("RGB")
+    array = _rgb_array(image)
+    tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
     if size is not None:
-        if isinstance(size, int):
-            if size <= 0:
-                raise ValueError(f"size must be positive, got {size}")
-            scale = size / min(image.size)
-            size = (round(image.height * scale), round(image.width * scale))
-        image = image.resize((size[1], size[0]), Image.LANCZOS)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+        height, width = _target_size(size, *array.shape[:2])
+        tensor = torch.nn.functional.interpolate(tensor, size=(height, width), mode="bicubic", antialias=True,
+                                                 align_corners=False).clamp_(0, 1)
+    return tensor

@@ -5,13 +5,16 @@ features behind a Frechet distance); it is trained once and cached.
 """
 from __future__ import annotations
 
+import numbers
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data
+from . import data, sources
 from .metrics import frechet_distance
 from .training import progress
 
@@ -57,17 +60,18 @@ def classify(model: FashionClassifier, x: torch.Tensor, batch_size: int = 1000) 
 
 def fashion_classifier(device: torch.device, epochs: int = 4, train_size: int | None = None,
                        cache: bool = True) -> FashionClassifier:
-    """The Fashion-MNIST classifier: loaded from the cache, else trained, tested and cached.
+    """The Fashion-MNIST classifier: loaded from the cache, else trained (seeded), tested and cached.
 
-    The cache file's name records ``epochs`` and ``train_size``, so different settings never mix.
+    The cache file's name records ``epochs`` and ``train_size``, so different settings never mix. A
+    cached file that does not load into the model is retrained and replaced; a cache that cannot be
+    written only costs the next run the training (a warning says so).
     """
     name = f"fashion_classifier_e{epochs}_n{train_size or 'all'}.pt"
-    path = data.cache_dir() / "checkpoints" / name
+    path = sources.cache_dir() / "checkpoints" / name
     model = FashionClassifier().to(device)
     x_test, y_test = data.as_tensors(data.fashion_mnist(train=False))
-    if cache and path.is_file():
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        print(f"Loaded the Fashion-MNIST classifier from {path}")
+    if cache and path.is_file() and _load(model, path, device):
+        print(f"Loaded the Fashion-MNIST classifier from the cache ({name})")
     else:
         _train(model, device, epochs, train_size)
         if cache:
@@ -77,8 +81,25 @@ def fashion_classifier(device: torch.device, epochs: int = 4, train_size: int | 
     return model
 
 
+def _load(model: FashionClassifier, path: Path, device: torch.device) -> bool:
+    """Load a cached state into ``model``; False (with a warning) when the file is damaged or another model's."""
+    try:
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        return True
+    except Exception as exc:  # noqa: BLE001 -- any failure: the file is not a usable checkpoint
+        warnings.warn(f"the cached classifier {path.name} could not be loaded ({type(exc).__name__}); "
+                      "training it again", stacklevel=3)
+        model.load_state_dict(FashionClassifier().to(device).state_dict())  # no half-loaded state
+        return False
+
+
 def _train(model: FashionClassifier, device: torch.device, epochs: int, train_size: int | None) -> None:
     x, y = data.as_tensors(data.fashion_mnist(train=True), train_size)
+    with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the chapter's random stream
+        torch.manual_seed(0)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     model.train()
@@ -93,22 +114,29 @@ def _train(model: FashionClassifier, device: torch.device, epochs: int, train_si
 
 
 def _save(model: FashionClassifier, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    torch.save(model.state_dict(), part)
-    part.replace(path)
+    try:
+        with sources.atomic_path(path) as tmp:
+            torch.save(model.state_dict(), tmp)
+    except OSError as exc:
+        warnings.warn(f"the trained classifier could not be cached ({type(exc).__name__}: {exc}); it is used "
+                      "now and trained again next time", stacklevel=3)
 
 
-def fashion_label(label: int | str) -> int:
+def fashion_label(label: int | str | torch.Tensor) -> int:
     """The class index for a Fashion-MNIST label given as 0..9 or a name ("sneaker", "Ankle boot").
 
     Names are matched case-insensitively, ignoring spaces, hyphens and slashes; "t-shirt", "top"
     and "boot" are accepted too. Anything else gets a ValueError that lists the valid labels.
     """
     valid = ", ".join(f"{i}={name}" for i, name in enumerate(FASHION_CLASSES))
-    if isinstance(label, bool):  # bool is an int subclass; True is no class
+    if isinstance(label, (bool, np.bool_)):  # bool is an int subclass; True is no class
         raise ValueError(f"unknown Fashion-MNIST label {label!r}; valid labels: {valid}")
-    if isinstance(label, int):
+    if isinstance(label, torch.Tensor):
+        if label.numel() != 1 or label.dtype.is_floating_point or label.dtype.is_complex or label.dtype == torch.bool:
+            raise ValueError(f"a Fashion-MNIST label tensor must hold one integer, got {label!r}; valid labels: {valid}")
+        label = int(label.item())
+    if isinstance(label, numbers.Integral):
+        label = int(label)
         if 0 <= label < len(FASHION_CLASSES):
             return label
         raise ValueError(f"Fashion-MNIST label {label} is outside 0..9; valid labels: {valid}")

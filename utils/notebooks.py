@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from .runtime import is_smoke
+
 _OVERWRITTEN = re.compile(r"[^\n]*\r(?!\n)")
 
 
@@ -43,7 +45,7 @@ def execute(path: Path, timeout: int = 3600) -> float:
     import nbformat
     from nbclient import NotebookClient
 
-    if os.environ.get("GDL_SMOKE"):
+    if is_smoke():  # strictly parsed: a mistyped value is an error here too
         raise RuntimeError("unset GDL_SMOKE: the book stores the outputs of a full run")
     os.environ["GDL_TEXT_PROGRESS"] = "1"
     nb = nbformat.read(path, as_version=4)

