@@ -30,48 +30,113 @@ def grid_array(images: torch.Tensor, nrow: int = 8, padding: int = 2,
     return grid.permute(1, 2, 0).numpy()
 
 
+#: Figures of images are drawn at an integer zoom of their pixels, at most this wide.
+MAX_WIDTH_PX = 1000
+_DPI = 100
+
+
+def _zoom(width_px: int, zoom: int | None) -> int:
+    """The integer zoom for a figure ``width_px`` pixels wide: as given, else the largest up to 3 that
+    keeps it within :data:`MAX_WIDTH_PX` (1 for images that are wider already)."""
+    if zoom is not None:
+        if not isinstance(zoom, int) or isinstance(zoom, bool) or zoom < 1:
+            raise ValueError(f"zoom must be a positive integer, got {zoom!r}")
+        return zoom
+    return max(1, min(3, MAX_WIDTH_PX // max(width_px, 1)))
+
+
 def show_rows(rows: Sequence[torch.Tensor], titles: Sequence[str], *,
-              value_range: tuple[float, float] | None = None, scale: float = 1.0,
+              value_range: tuple[float, float] | None = None, zoom: int | None = None,
               suptitle: str | None = None, path: str | Path | None = None) -> plt.Figure:
     """One figure with a titled row per batch, e.g. originals / noisy / reconstructed.
 
-    Each row is tiled left to right; the figure is shown inline and saved when ``path`` is given.
+    Each row is tiled left to right at an integer zoom of its pixels (see :func:`_zoom`); the figure
+    is shown inline (photographs as JPEG, see :func:`_finish`) and saved when ``path`` is given.
     """
     if len(rows) != len(titles):
         raise ValueError(f"got {len(rows)} rows but {len(titles)} titles")
     arrays = [grid_array(r, nrow=len(r), value_range=value_range) for r in rows]
     height, width = arrays[0].shape[:2]
-    fig, axes = plt.subplots(len(rows), 1, squeeze=False,
-                             figsize=(scale * width / 40, scale * len(rows) * (height / 40 + 0.35)))
+    z = _zoom(width, zoom)
+    title_in = 0.3
+    fig, axes = plt.subplots(len(rows), 1, squeeze=False, dpi=_DPI,
+                             figsize=(z * width / _DPI, len(rows) * (z * height / _DPI + title_in) + (0.4 if suptitle else 0)))
     for ax, array, title in zip(axes[:, 0], arrays, titles):
         _draw(ax, array, title, fontsize=10)
     if suptitle:
         fig.suptitle(suptitle)
-    return _finish(fig, path)
+    return _finish(fig, path, photo=any(_is_photo(r) for r in rows))
 
 
 def show_grid(images: torch.Tensor, title: str | None = None, nrow: int = 8, *,
-              value_range: tuple[float, float] | None = None, size: float = 5.0,
+              value_range: tuple[float, float] | None = None, zoom: int | None = None,
               path: str | Path | None = None) -> plt.Figure:
-    """One titled grid of images, shown inline and saved when ``path`` is given."""
+    """One titled grid of images at an integer zoom of its pixels, shown inline and saved when ``path`` is given."""
     array = grid_array(images, nrow=nrow, value_range=value_range)
-    fig, ax = plt.subplots(figsize=(size, size * array.shape[0] / array.shape[1]))
+    z = _zoom(array.shape[1], zoom)
+    fig, ax = plt.subplots(dpi=_DPI, figsize=(z * array.shape[1] / _DPI, z * array.shape[0] / _DPI + (0.3 if title else 0)))
     _draw(ax, array, title)
-    return _finish(fig, path)
+    return _finish(fig, path, photo=_is_photo(images))
+
+
+def show_images(pictures: Sequence[torch.Tensor], titles: Sequence[str], *, zoom: int | None = None,
+                suptitle: str | None = None, path: str | Path | None = None) -> plt.Figure:
+    """Images of possibly different sizes side by side, each (1 or N, C, H, W) with its own title."""
+    if len(pictures) != len(titles):
+        raise ValueError(f"got {len(pictures)} images but {len(titles)} titles")
+    arrays = [grid_array(p[:1] if p.dim() == 4 else p.unsqueeze(0), nrow=1, padding=0) for p in pictures]
+    widths = [a.shape[1] for a in arrays]
+    height = max(a.shape[0] for a in arrays)
+    z = _zoom(sum(widths) + 10 * len(arrays), zoom)
+    titled = any("\n" in t for t in titles)
+    fig, axes = plt.subplots(1, len(arrays), squeeze=False, dpi=_DPI, gridspec_kw={"width_ratios": widths},
+                             figsize=(z * (sum(widths) + 10 * len(arrays)) / _DPI,
+                                      z * height / _DPI + (0.6 if titled else 0.35) + (0.4 if suptitle else 0)))
+    for ax, array, title in zip(axes[0], arrays, titles):
+        _draw(ax, array, title, fontsize=10)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return _finish(fig, path, photo=any(_is_photo(p) for p in pictures))
+
+
+def _is_photo(images: torch.Tensor) -> bool:
+    """Colour images are treated as photographs (stored as JPEG); grey ones as drawings (PNG)."""
+    return images.dim() >= 3 and images.shape[-3] == 3
 
 
 def _draw(ax: plt.Axes, array: np.ndarray, title: str | None, fontsize: float | None = None) -> None:
-    ax.imshow(array.squeeze(-1) if array.shape[-1] == 1 else array, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(array.squeeze(-1) if array.shape[-1] == 1 else array, cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=fontsize)
 
 
-def _finish(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
+def _finish(fig: plt.Figure, path: str | Path | None, photo: bool = False) -> plt.Figure:
+    """Lay out, save when asked, and in a notebook show a photograph as a JPEG (a PNG of a photo is
+    several times larger for no visible gain); drawings are left to the inline backend's PNG."""
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+    if photo and _in_notebook():
+        import io
+
+        from IPython.display import Image, display
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="jpeg", dpi=_DPI, bbox_inches="tight", pil_kwargs={"quality": 88})
+        plt.close(fig)
+        display(Image(data=buffer.getvalue(), format="jpeg"))
     return fig
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 # --- Loading images -----------------------------------------------------------------------

@@ -1,13 +1,19 @@
 """Execute a chapter for the book: its full profile, with outputs stored cleanly.
 
 Usage: ``python -m utils.notebooks book/autoencoder.ipynb [more.ipynb ...]``.
-Progress bars are plain text (see :func:`utils.training.progress`) and each stream output
-keeps only what a terminal would finally show, so the rendered page stays small and readable.
+
+What can be cleaned is cleaned when the outputs are stored: progress bars are plain text (see
+:func:`utils.training.progress`) and only each loop's final bar is kept, streams keep only what a
+terminal would finally show, and per-cell execution timestamps are dropped. What cannot be cleaned
+without hiding something (an absolute path, a warning on stderr, a stray object repr, an oversized
+figure) is reported by :func:`problems`, and the run fails so the chapter gets fixed; the book's tests
+apply the same checks to every committed notebook.
 """
 from __future__ import annotations
 
-import os
+import base64
 import re
+import struct
 import sys
 import time
 from pathlib import Path
@@ -15,6 +21,15 @@ from pathlib import Path
 from .runtime import is_smoke
 
 _OVERWRITTEN = re.compile(r"[^\n]*\r(?!\n)")
+#: A tqdm text bar: "<desc>:  40%|████      | 4/10 [00:01<00:02, 2.5it/s]" (the description may be empty).
+_BAR = re.compile(r"^(?P<desc>.*?):?\s*\d+%\|.*\|\s*\d+/\d+ \[.*\]\s*$")
+#: Stored figures are capped: at most this many pixels wide and this many bytes (PNG or JPEG).
+MAX_FIGURE_WIDTH = 1600
+MAX_FIGURE_BYTES = 400_000
+#: Absolute paths of a machine: a Unix home, root, temporary or work folder, or a Windows drive.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])(/(?:home|root|tmp|work|Users|var|opt|mnt|private)/[^\s'\"]+|[A-Z]:\\\\[^\s'\"]+)")
+#: Reprs that say nothing to a reader: "<matplotlib... at 0x...>", "Text(0.5, 1.0, '...')", "[<matplotlib...>]".
+_STRAY_REPR = re.compile(r"^\[?<[\w.]+ (object )?at 0x[0-9a-f]+>|^\[?(Text|Line2D|<matplotlib)\b.*\)\]?$|^<IPython\.")
 
 
 def final_text(text: str) -> str:
@@ -22,9 +37,29 @@ def final_text(text: str) -> str:
     return _OVERWRITTEN.sub("", text.replace("\r\n", "\n"))
 
 
+def _keep_final_bars(cell) -> None:
+    """Within a cell, keep only the last state of each progress bar (bars are told apart by their
+    description), so a loop that shows figures between epochs stores one bar, not one per figure."""
+    streams = [out for out in cell.outputs if out.output_type == "stream"]
+    last: dict[str, tuple[int, int]] = {}
+    for i, out in enumerate(streams):
+        for j, line in enumerate(out.text.split("\n")):
+            match = _BAR.match(line)
+            if match:
+                last[match.group("desc")] = (i, j)
+    for i, out in enumerate(streams):
+        lines = out.text.split("\n")
+        kept = [line for j, line in enumerate(lines)
+                if not (_BAR.match(line) and last.get(_BAR.match(line).group("desc")) != (i, j))]
+        out.text = "\n".join(kept)
+    cell.outputs = [out for out in cell.outputs if out.output_type != "stream" or out.text.strip()]
+
+
 def clean_outputs(nb) -> None:
-    """Merge consecutive stream outputs of a cell and drop text that ``\\r`` overwrote."""
+    """Merge consecutive stream outputs of a cell, drop text that ``\\r`` overwrote, keep one final bar
+    per loop, and drop per-cell execution metadata (timestamps that change on every run)."""
     for cell in nb.cells:
+        cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
             continue
         merged: list = []
@@ -38,10 +73,70 @@ def clean_outputs(nb) -> None:
             if out.output_type == "stream":
                 out.text = final_text(out.text)
         cell.outputs = merged
+        _keep_final_bars(cell)
 
 
-def execute(path: Path, timeout: int = 3600) -> float:
-    """Run a notebook in its own folder with the full profile; store outputs; return seconds."""
+def figure_size(out) -> tuple[str, int, int] | None:
+    """(format, width in pixels, bytes) of a stored PNG or JPEG figure, or None for other outputs."""
+    data = out.get("data", {})
+    for mime in ("image/png", "image/jpeg"):
+        if mime in data:
+            raw = base64.b64decode(data[mime])
+            if mime == "image/png":
+                width = struct.unpack(">I", raw[16:20])[0]
+            else:
+                width = _jpeg_width(raw)
+            return mime.split("/")[1], width, len(raw)
+    return None
+
+
+def _jpeg_width(raw: bytes) -> int:
+    i = 2
+    while i < len(raw) - 9:
+        marker, length = raw[i + 1], struct.unpack(">H", raw[i + 2:i + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2):  # start of frame: height, then width
+            return struct.unpack(">H", raw[i + 7:i + 9])[0]
+        i += 2 + length
+    return 0
+
+
+def problems(nb) -> list[str]:
+    """What a reader should not see in a notebook's stored outputs: absolute paths, anything on
+    stderr, errors, stray object reprs, execution timestamps, and figures over the size cap."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        where = f"cell {index}"
+        if "execution" in cell.metadata:
+            found.append(f"{where}: execution timestamps in its metadata")
+        if cell.cell_type != "code":
+            continue
+        for out in cell.outputs:
+            kind = out.output_type
+            texts = [out.get("text", "")] + [v for k, v in out.get("data", {}).items() if k.startswith("text/")
+                                             and isinstance(v, str)]
+            for text in texts:
+                for path in _ABSOLUTE_PATH.findall(text):
+                    found.append(f"{where}: an absolute path {path}")
+            if kind == "stream" and out.name == "stderr":
+                found.append(f"{where}: output on stderr: {out.text.strip()[:120]!r}")
+            if kind == "error":
+                found.append(f"{where}: a stored error {out.get('ename')}")
+            if kind == "execute_result" and not ({"image/png", "image/jpeg", "text/html", "text/markdown"} & set(out.get("data", {}))):
+                plain = out["data"].get("text/plain", "").strip()
+                if _STRAY_REPR.match(plain):
+                    found.append(f"{where}: a stray repr {plain[:80]!r} (end the line with ';')")
+            size = figure_size(out)
+            if size and (size[1] > MAX_FIGURE_WIDTH or size[2] > MAX_FIGURE_BYTES):
+                found.append(f"{where}: a {size[0].upper()} figure {size[1]} px wide, {size[2]:,} bytes (caps: "
+                             f"{MAX_FIGURE_WIDTH} px, {MAX_FIGURE_BYTES:,} bytes)")
+    return found
+
+
+def execute(path: Path, timeout: int = 3600) -> tuple[float, list[str]]:
+    """Run a notebook in its own folder with the full profile; store cleaned outputs; return the
+    seconds it took and the problems :func:`problems` finds in what was stored."""
+    import os
+
     import nbformat
     from nbclient import NotebookClient
 
@@ -54,10 +149,19 @@ def execute(path: Path, timeout: int = 3600) -> float:
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     clean_outputs(nb)
     nbformat.write(nb, path)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, problems(nb)
+
+
+def main(names: list[str]) -> int:
+    status = 0
+    for name in names:
+        seconds, found = execute(Path(name))
+        print(f"{name}: executed in {seconds:.0f} s")
+        for problem in found:
+            print(f"  {name}: {problem}", file=sys.stderr)
+            status = 1
+    return status
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:]:
-        seconds = execute(Path(name))
-        print(f"{name}: executed in {seconds:.0f} s")
+    sys.exit(main(sys.argv[1:]))

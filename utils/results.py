@@ -12,7 +12,6 @@ import json
 import math
 import numbers
 import os
-import platform
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,7 +19,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .runtime import is_smoke
+from .precision import choose
+from .runtime import device_description, is_smoke
 from .sources import atomic_path
 
 #: Environment variable that overrides where results files go.
@@ -36,15 +36,6 @@ def results_dir() -> Path:
     if (_REPO / "_toc.yml").is_file():
         return _REPO / "book" / "results"
     return Path("results")
-
-
-def device_description(device: torch.device) -> str:
-    """A short human description of the device, e.g. ``cpu (2 threads, x86_64)``."""
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
-    return device.type
 
 
 def plain(value: Any, name: str = "value") -> Any:
@@ -123,6 +114,7 @@ def save_results(chapter: str, metrics: Mapping[str, Any], device: torch.device,
         "headline": {"metric": headline, "meaning": meaning, "reference": reference},
         "metrics": {str(k): plain(v, str(k)) for k, v in metrics.items()},
         "device": device_description(device), "threads": torch.get_num_threads(),
+        "precision": choose(device).describe(),
         "wall_time_s": round(float(wall_time_s), 1),
     }
     problems = check_record(record)
@@ -169,16 +161,25 @@ def all_results() -> tuple[list[dict], list[str]]:
     return records, skipped
 
 
+def toc_order() -> list[str]:
+    """The chapters in the order of the book's table of contents (``_toc.yml``), when it is there."""
+    toc = _REPO / "_toc.yml"
+    if not toc.is_file():
+        return []
+    return re.findall(r"^\s*-\s*file:\s*book/(\w+)\s*$", toc.read_text(), flags=re.M)
+
+
 def _number(value: float | int) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 
-def summary_html(order: Sequence[str] = ()) -> str:
-    """The results page's table: one row per recorded chapter (in ``order`` first, then by name) with its
+def summary_html(order: Sequence[str] | None = None) -> str:
+    """The results page's table: one row per recorded chapter (in ``order``, by default the table of
+    contents', then by name) with its
     headline metric, how to read it, what it compares with, the device and the wall time; a note under
     it names any file that was skipped."""
     records, skipped = all_results()
-    rank = {name: i for i, name in enumerate(order)}
+    rank = {name: i for i, name in enumerate(toc_order() if order is None else order)}
     records.sort(key=lambda r: (rank.get(r["chapter"], len(rank)), r["chapter"]))
     rows = []
     for r in records:

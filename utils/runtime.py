@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+import platform
 import random
 from types import SimpleNamespace
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from . import precision
 
 #: Set this environment variable to ``1`` to run every notebook in its *smoke* profile.
 SMOKE_ENV = "GDL_SMOKE"
@@ -79,12 +82,24 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def device_description(device: torch.device) -> str:
+    """A short human description of the device, e.g. ``cpu (2 threads, x86_64)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
+    return device.type
+
+
 def setup(full: Mapping[str, Any], smoke: Mapping[str, Any], gpu: Mapping[str, Any] | None = None,
           seed: int = 0) -> tuple[SimpleNamespace, torch.device]:
-    """A chapter's first step: seed everything, choose the device, pick and print the settings."""
+    """A chapter's first step: seed everything, choose the device and the precision, pick and print
+    the settings. The precision (see :mod:`utils.precision`) is ``cfg.precision``."""
     seed_everything(seed)
     device = get_device()
     cfg = settings(full, smoke, gpu)
     shown = ", ".join(f"{k}={v}" for k, v in vars(cfg).items() if k != "profile")
-    print(f"profile: {cfg.profile} | device: {device} | seed: {seed}\nsettings: {shown}")
+    cfg.precision = precision.choose(device)
+    print(f"profile: {cfg.profile} | device: {device_description(device)} | seed: {seed}\n"
+          f"precision: {cfg.precision.describe()}\nsettings: {shown}")
     return cfg, device
