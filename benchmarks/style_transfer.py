@@ -7,38 +7,39 @@ at relu4_2, Gram-matrix style losses at relu1_1..relu5_1) with
 - a reference written as in the PyTorch neural-style tutorial: loss modules inserted after the chosen
   layers of a truncated ``nn.Sequential``, each storing its loss during the forward pass,
 
-at the same image size, in the same process, alternating the two (and which goes first), and prints the ratio of the
-median times (chapter / reference; below 1 means the chapter's code is faster).
+at the same image size, in the same process, rotating which goes first, and prints the ratio of the
+median times (chapter / reference; below 1 means the chapter's code is faster). The chapter's closure is
+timed twice: in plain fp32 (the comparison with the reference) and on the device's fast path
+(``utils.precision``), with the achieved GFLOP/s of each as a share of a convolution peak measured in
+the same run.
 
-Usage: ``python benchmarks/style_transfer.py [--size 256] [--repeats 10]``
+Usage: ``python -m benchmarks.style_transfer [--size 256] [--repeats 10]``
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import copy
+from types import SimpleNamespace
 from typing import Callable
 
-import nbformat
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training_steps import median_times  # the same alternating timer as the other benchmarks
-from utils import images, runtime, vgg
+from benchmarks.common import code_cells, conv_peak_gflops, count_flops, median_times
+from utils import images, precision, runtime, vgg
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "style_transfer.ipynb"
 DEFINITIONS = ("STYLE_LAYERS =", "def gram_matrix", "class StyleTransferLoss")
 
 
-def chapter_loss(extractor: vgg.VGG19Features, content: torch.Tensor, style: torch.Tensor):
-    """The chapter's StyleTransferLoss, built from the notebook's own cells."""
-    namespace = {"torch": torch, "F": F, "extractor": extractor}
-    cells = nbformat.read(NOTEBOOK, as_version=4).cells
-    code = [c.source for c in cells if c.cell_type == "code" and any(d in c.source for d in DEFINITIONS)]
+def chapter_loss(extractor: vgg.VGG19Features, content: torch.Tensor, style: torch.Tensor, fast: precision.Precision):
+    """The chapter's StyleTransferLoss, built from the notebook's own cells, computing in ``fast``."""
+    namespace = {"torch": torch, "F": F, "extractor": extractor, "cfg": SimpleNamespace(precision=fast)}
+    code = [source for source in code_cells("style_transfer") if any(d in source for d in DEFINITIONS)]
     if not code:
-        raise RuntimeError(f"no cell of {NOTEBOOK} defines {DEFINITIONS}")
+        raise RuntimeError(f"no cell of book/style_transfer.ipynb defines {DEFINITIONS}")
     for source in code:
-        exec(compile(source, str(NOTEBOOK), "exec"), namespace)  # noqa: S102 -- our own notebook
+        exec(compile(source, "style_transfer.ipynb", "exec"), namespace)  # noqa: S102 -- our own notebook
     return namespace["StyleTransferLoss"](content, style, style_weight=1.0)
 
 
@@ -90,27 +91,33 @@ def reference_model(extractor: vgg.VGG19Features, content_x: torch.Tensor, style
     return model, content_losses, style_losses
 
 
-def steps(device: torch.device, size: int) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor], tuple[int, ...]]:
-    """One closure evaluation with the chapter's loss and one with the reference's, on the same images.
-
-    Each returns its loss (detached); also returns the image size (height, width).
-    """
+def steps(device: torch.device, size: int) -> tuple[dict[str, Callable[[], torch.Tensor]], tuple[int, ...]]:
+    """One closure evaluation with the chapter's loss in plain fp32 ("chapter"), on the device's fast
+    path ("fast"), and with the reference's loss modules ("plain"), on the same images. Each returns its
+    loss (detached); also returns the image size (height, width)."""
+    plain_fp32 = precision.Precision(device, False, False, "reference")
+    fast = precision.choose(device)
     extractor = vgg.vgg19_features(device)
     content = images.load_image("grace_hopper", size).to(device)
     style = images.load_image("starry_night", size).to(device)
-    loss_fn = chapter_loss(extractor, content, style)
-    x1 = extractor.preprocess(content).detach().requires_grad_(True)
+
+    def chapter_step(prec: precision.Precision) -> Callable[[], torch.Tensor]:
+        net = prec.prepare(copy.deepcopy(extractor)) if prec.channels_last else extractor  # .to() works in place
+        loss_fn = chapter_loss(net, content, style, prec)
+        x = net.preprocess(content).detach().requires_grad_(True)
+
+        def step() -> torch.Tensor:
+            x.grad = None
+            content_loss, style_loss = loss_fn(prec.prepare(x))  # x stays NCHW, as in the chapter
+            loss = content_loss + style_loss
+            loss.backward()
+            return loss.detach()
+        return step
+
     with torch.no_grad():
         model, content_losses, style_losses = reference_model(
             extractor, extractor.preprocess(content), extractor.preprocess(style))
     x2 = extractor.preprocess(content).detach().requires_grad_(True)
-
-    def chapter_step() -> torch.Tensor:
-        x1.grad = None
-        content_loss, style_loss = loss_fn(x1)
-        loss = content_loss + style_loss
-        loss.backward()
-        return loss.detach()
 
     def reference_step() -> torch.Tensor:
         x2.grad = None
@@ -119,7 +126,9 @@ def steps(device: torch.device, size: int) -> tuple[Callable[[], torch.Tensor], 
         loss.backward()
         return loss.detach()
 
-    return chapter_step, reference_step, tuple(content.shape[2:])
+    chapter = chapter_step(plain_fp32)
+    fast_step = chapter_step(fast) if (fast.channels_last or fast.bf16) else chapter
+    return {"chapter": chapter, "fast": fast_step, "plain": reference_step}, tuple(content.shape[2:])
 
 
 def main() -> None:
@@ -129,14 +138,22 @@ def main() -> None:
     args = parser.parse_args()
     runtime.seed_everything(0)
     device = runtime.get_device()
-    chapter_step, reference_step, shape = steps(device, args.size)
-    medians = median_times({"chapter": chapter_step, "reference": reference_step}, args.repeats, device)
-    chapter, reference = medians["chapter"], medians["reference"]
-    print(f"device {device}, {torch.get_num_threads()} threads, image {shape}, {args.repeats} evaluations each")
-    print(f"{'implementation':32s}{'median s / evaluation':>24s}")
-    print(f"{'chapter (StyleTransferLoss)':32s}{chapter:24.3f}")
-    print(f"{'reference (tutorial modules)':32s}{reference:24.3f}")
-    print(f"ratio chapter / reference: {chapter / reference:.3f}")
+    fast = precision.choose(device)
+    timed, shape = steps(device, args.size)
+    medians = median_times(timed, args.repeats, device)
+    flops = count_flops(timed["chapter"])
+    peaks = {False: conv_peak_gflops(device, False), True: conv_peak_gflops(device, True)}
+    print(f"device {runtime.device_description(device)}, image {shape}, {args.repeats} evaluations each")
+    print(f"fast path: {fast.describe()}")
+    print(f"{'closure':34s}{'median s':>10s}{'GFLOP/s':>9s}{'of peak':>9s}")
+    rows = (("chapter, plain fp32", "chapter", False), ("chapter, fast path", "fast", fast.channels_last),
+            ("reference (tutorial modules)", "plain", False))
+    for label, key, layout in rows:
+        rate = flops / medians[key] / 1e9
+        print(f"{label:34s}{medians[key]:10.3f}{rate:9.0f}{rate / peaks[layout]:9.0%}")
+    print(f"convolution peak (3x3, 256 channels, fwd+bwd): {peaks[False]:.0f} GFLOP/s, channels_last {peaks[True]:.0f}")
+    print(f"ratio chapter / reference: {medians['chapter'] / medians['plain']:.3f}; "
+          f"fast path / chapter: {medians['fast'] / medians['chapter']:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,141 +1,55 @@
-"""One training step of every chapter's model: time and peak memory, chapter code against a plain loop.
+"""One training step of every chapter's model: time, peak memory and fast-path speed-up, measured in one run.
 
-For each chapter, the model classes and loss functions are taken from the chapter's own notebook
-(its top-level ``class``/``def`` statements, not copies) and sized by its full-profile settings. Two
-steps are timed on the same random batch:
+For each chapter the model classes, loss functions and, wherever the chapter defines one, its own
+``train_step`` function are executed from the chapter's notebook (not copied), sized by its
+full-profile settings. Three steps run on the same random batch, rotating which goes first:
 
-- **chapter**: one iteration of the chapter's training loop as the notebook writes it: its model's
-  ``forward`` (with the input checks), its loss functions and helpers (``utils.text`` for the LSTMs),
-  and its per-step bookkeeping (``.item()`` calls, ``training.History``);
-- **plain**: the same computation in a minimal PyTorch loop on a deep copy of the model: the inner
-  layers called directly, the loss written inline, no checks, no bookkeeping. From the same random
-  seed both give the same losses (``tests/test_benchmarks.py`` checks it); for style transfer the
-  plain step is the PyTorch tutorial's loss modules (see ``style_transfer.py``).
+- **chapter**: the chapter's code in plain fp32, the default memory format (``GDL_PRECISION=fp32``);
+- **fast**: the same code on the device's fast path (``utils.precision``: channels_last for
+  convolutional models, bf16 autocast where the device has bf16 matrix units);
+- **plain**: the same computation as a minimal PyTorch loop on a copy of the model (inner layers
+  called directly, losses inline, no checks or bookkeeping). From the same seed, chapter and plain give
+  the same losses (``tests/test_benchmarks.py`` checks it), so the comparison is of equal work.
 
-The ratio chapter / plain (median over alternating repeats) shows what the book's structure costs;
-it should stay near 1. Peak memory is what one step allocates at its peak on CUDA, or on the CPU how
-much the process's peak resident memory grows during the first step, in a fresh process per step.
+It prints the medians, the ratios fast/chapter (what the fast path buys) and chapter/plain (what the
+book's structure costs), the peak memory of a step (CUDA peak, or on a CPU the growth of the peak
+resident memory in a fresh process), and for the convolutional DCGAN and style-transfer steps the
+achieved GFLOP/s (``FlopCounterMode``) as a share of a convolution peak measured in the same run.
 
-Usage: ``python benchmarks/training_steps.py [--repeats 10] [--only vae,gan]``
+Usage: ``python -m benchmarks.training_steps [--repeats 10] [--only vae,gan]``
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-import nbformat
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from utils import runtime, text, training
+from benchmarks.common import conv_peak_gflops, count_flops, definitions, full_settings, median_times, sync
+from utils import precision, runtime, text, training
 
-BOOK = Path(__file__).resolve().parent.parent / "book"
-Step = Callable[[], torch.Tensor]  # one training step; returns its loss(es), detached
-
-
-def _code_cells(chapter: str) -> list[str]:
-    """The sources of the code cells of ``book/<chapter>.ipynb``."""
-    return [cell.source for cell in nbformat.read(BOOK / f"{chapter}.ipynb", as_version=4).cells
-            if cell.cell_type == "code"]
+Step = Callable[[], torch.Tensor]  # one training step; returns its losses, detached
+Steps = dict[str, Step]            # "chapter", "fast" and "plain"
 
 
-def definitions(chapter: str, names: set[str]) -> dict:
-    """The notebook's imports and its top-level class/def statements named in ``names``, executed."""
-    namespace: dict = {"torch": torch, "nn": nn, "F": F}
-    for source in _code_cells(chapter):
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:  # the Colab cell's %pip line
-            continue
-        keep = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)) or
-                (isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name in names)]
-        exec(compile(ast.Module(body=keep, type_ignores=[]), f"{chapter}.ipynb", "exec"), namespace)  # noqa: S102
-    missing = names - set(namespace)
-    if missing:
-        raise RuntimeError(f"book/{chapter}.ipynb defines none of {sorted(missing)}")
-    return namespace
-
-
-def full_settings(chapter: str) -> SimpleNamespace:
-    """The ``full=dict(...)`` settings of the chapter's ``runtime.setup`` call."""
-    for source in _code_cells(chapter):
-        if "runtime.setup(" in source:
-            for node in ast.walk(ast.parse(source)):
-                if isinstance(node, ast.keyword) and node.arg == "full" and isinstance(node.value, ast.Call):
-                    return SimpleNamespace(**{k.arg: ast.literal_eval(k.value) for k in node.value.keywords})
-    raise RuntimeError(f"book/{chapter}.ipynb has no runtime.setup(full=dict(...)) call")
-
-
-def _gan_steps(G: nn.Module, D: nn.Module, g_net: Callable, d_net: Callable, real: torch.Tensor,
-               noise: Callable[[], torch.Tensor], lr: float, betas=(0.9, 0.999), extra=(),
-               wrong: Callable[[], tuple] | None = None, ema_decay: float | None = None) -> tuple[Step, Step]:
-    """The discriminator-then-generator step of the GAN chapters, and its plain twin.
-
-    With ``wrong`` (a function drawing mismatched conditioning, as the cGAN's wrong labels) the
-    discriminator also rejects real images paired with it; with ``ema_decay`` the step ends by
-    updating a moving average of G's weights (``AveragedModel`` in the chapter, ``_foreach_lerp_`` plain).
-    """
-    def make(G, D, g_fn, d_fn, keep_history: bool) -> Step:
-        d_opt = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
-        g_opt = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
-        bce, history = nn.BCELoss(), training.History()
-        ones, zeros = torch.ones(len(real), 1, device=real.device), torch.zeros(len(real), 1, device=real.device)
-        if ema_decay is None:
-            average = None
-        elif keep_history:
-            ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-            average = lambda: ema.update_parameters(G)  # noqa: E731
-        else:
-            ema_params = [p.detach().clone() for p in G.parameters()]
-            average = lambda: torch._foreach_lerp_(ema_params, [p.detach() for p in G.parameters()], 1 - ema_decay)  # noqa: E731
-
-        def step() -> torch.Tensor:
-            fake = g_fn(G, noise(), *extra)
-            d_real, d_fake = d_fn(D, real, *extra), d_fn(D, fake.detach(), *extra)
-            if wrong is None:
-                d_loss = bce(d_real, ones) + bce(d_fake, zeros)
-            else:
-                d_wrong = d_fn(D, real, *wrong())
-                d_loss = bce(d_real, ones) + (bce(d_fake, zeros) + bce(d_wrong, zeros)) / 2
-            d_opt.zero_grad()
-            d_loss.backward()
-            d_opt.step()
-            g_loss = bce(d_fn(D, fake, *extra), ones)
-            g_opt.zero_grad()
-            g_loss.backward()
-            g_opt.step()
-            if average is not None:
-                average()
-            if keep_history:
-                logged = dict(d_loss=d_loss.item(), g_loss=g_loss.item(), d_real=d_real.mean().item(),
-                              d_fake=d_fake.mean().item())
-                if wrong is not None:
-                    logged["d_wrong"] = d_wrong.mean().item()
-                history.log(**logged)
-            return torch.stack([d_loss.detach(), g_loss.detach()])
-        return step
-
-    chapter = make(G, D, lambda g, z, *e: g(z, *e), lambda d, x, *e: d(x, *e), True)
-    plain = make(copy.deepcopy(G), copy.deepcopy(D), g_net, d_net, False)
-    return chapter, plain
+def _precisions(device: torch.device) -> dict[str, precision.Precision]:
+    return {"chapter": precision.Precision(device, False, False, "fp32 eager"), "fast": precision.choose(device)}
 
 
 def _loss_steps(model: nn.Module, optimizer: Callable, chapter_loss: Callable, plain_loss: Callable,
-                record: Callable[[float], None] | None = None) -> tuple[Step, Step]:
-    """One optimiser step on ``chapter_loss(model)``, handing ``loss.item()`` to ``record`` where the
-    chapter keeps it, and its plain twin on ``plain_loss`` of a copy of the model, without bookkeeping."""
+                device: torch.device, record: Callable[[float], None] | None = None) -> Steps:
+    """One optimiser step on ``chapter_loss(model, fast)`` in fp32 and on the fast path (handing
+    ``loss.item()`` to ``record`` where the chapter keeps it), and the plain twin ``plain_loss`` of a
+    copy of the model, without bookkeeping."""
     def make(m: nn.Module, loss_fn: Callable, bookkeeping: bool) -> Step:
         opt = optimizer(m.parameters())
 
@@ -149,32 +63,42 @@ def _loss_steps(model: nn.Module, optimizer: Callable, chapter_loss: Callable, p
             return loss.detach()
         return step
 
-    return make(model, chapter_loss, True), make(copy.deepcopy(model), plain_loss, False)
+    steps = {}
+    for label, prec in _precisions(device).items():
+        m = prec.prepare(copy.deepcopy(model))
+        steps[label] = make(m, lambda m, prec=prec: chapter_loss(m, prec), True)
+    steps["plain"] = make(copy.deepcopy(model), plain_loss, False)
+    return steps
 
 
-def autoencoder(device: torch.device) -> tuple[Step, Step]:
+def autoencoder(device: torch.device) -> Steps:
     cfg, ns = full_settings("autoencoder"), definitions("autoencoder", {"Encoder", "Decoder", "AutoEncoder", "add_noise"})
     model = ns["AutoEncoder"](cfg.latent_dim).to(device)
     clean = torch.rand(cfg.batch_size, 1, 28, 28, device=device)
 
+    def chapter_loss(m, prec):
+        batch = prec.prepare(clean)
+        with prec.autocast():
+            outputs = m(ns["add_noise"](batch, cfg.noise_factor))
+        return F.mse_loss(outputs.float(), batch)
+
     return _loss_steps(
-        model, lambda params: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-        lambda m: F.mse_loss(m(ns["add_noise"](clean, cfg.noise_factor)), clean),
+        model, lambda params: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay), chapter_loss,
         lambda m: F.mse_loss(m.decoder(m.encoder((clean + cfg.noise_factor * torch.randn_like(clean)).clamp(0, 1))), clean),
-        record=lambda value: None)  # the chapter adds loss.item() to its epoch total
+        device, record=lambda value: None)  # the chapter adds loss.item() to its epoch total
 
 
-def vae(device: torch.device) -> tuple[Step, Step]:
+def vae(device: torch.device) -> Steps:
     cfg, ns = full_settings("vae"), definitions("vae", {"Encoder", "Decoder", "VAE", "vae_loss"})
     model = ns["VAE"](cfg.latent_dim, cfg.hidden_dim).to(device)
     x = torch.rand(cfg.batch_size, 784, device=device)
 
-    def chapter_forward(m):
+    def chapter_loss(m, prec):
         reconstruction, kl = ns["vae_loss"](x, *m(x))
         reconstruction.item(), kl.item()
         return (reconstruction + kl) / len(x)
 
-    def plain_forward(m):
+    def plain_loss(m):
         mean, log_var = m.encoder(x)
         z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
         x_hat = m.decoder(z)
@@ -182,118 +106,237 @@ def vae(device: torch.device) -> tuple[Step, Step]:
         return (F.binary_cross_entropy(x_hat, x, reduction="sum") + kl) / len(x)
 
     return _loss_steps(model, lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-                       chapter_forward, plain_forward)
+                       chapter_loss, plain_loss, device)
 
 
-def gan(device: torch.device) -> tuple[Step, Step]:
-    cfg, ns = full_settings("gan"), definitions("gan", {"make_generator", "make_discriminator"})
-    G, D = ns["make_generator"](cfg.latent_dim, cfg.hidden_dim).to(device), ns["make_discriminator"](cfg.hidden_dim).to(device)
+def _plain_gan_step(G: nn.Module, D: nn.Module, real: torch.Tensor, noise: Callable[[], torch.Tensor], lr: float,
+                    betas: tuple[float, float], conditioning: tuple = (), wrong: Callable[[], tuple] | None = None,
+                    ema_decay: float | None = None) -> Step:
+    """The GAN chapters' discriminator-then-generator step as a minimal loop: ``G(z, *conditioning)``,
+    ``D(x, *conditioning)``; with ``wrong`` D also rejects real images with mismatched conditioning;
+    with ``ema_decay`` a moving average of G's weights is updated with ``_foreach_lerp_``."""
+    d_opt, g_opt = (torch.optim.Adam(m.parameters(), lr=lr, betas=betas) for m in (D, G))
+    ones, zeros = torch.ones(len(real), 1, device=real.device), torch.zeros(len(real), 1, device=real.device)
+    ema = [p.detach().clone() for p in G.parameters()] if ema_decay is not None else None
+
+    def step() -> torch.Tensor:
+        fake = G(noise(), *conditioning)
+        mismatched = wrong() if wrong is not None else None  # drawn before D runs, as in the chapter
+        d_real = F.binary_cross_entropy(D(real, *conditioning), ones)
+        d_fake = F.binary_cross_entropy(D(fake.detach(), *conditioning), zeros)
+        if mismatched is None:
+            d_loss = d_real + d_fake
+        else:
+            d_loss = d_real + (d_fake + F.binary_cross_entropy(D(real, *mismatched), zeros)) / 2
+        d_opt.zero_grad()
+        d_loss.backward()
+        d_opt.step()
+        g_loss = F.binary_cross_entropy(D(fake, *conditioning), ones)
+        g_opt.zero_grad()
+        g_loss.backward()
+        g_opt.step()
+        if ema is not None:
+            torch._foreach_lerp_(ema, [p.detach() for p in G.parameters()], 1 - ema_decay)
+        return torch.stack([d_loss.detach(), g_loss.detach()])
+    return step
+
+
+def _chapter_gan_steps(chapter: str, make_models: Callable, batch: Callable, plain: Callable, device: torch.device,
+                       lr: float, betas: tuple[float, float], ema_decay: float | None, extra_names: set[str],
+                       ema_buffers: bool = False) -> Steps:
+    """The chapter's own ``train_step`` (and its loop's average of G, where it keeps one), in fp32 and on the
+    fast path, from the same initial weights, and the plain twin on copies."""
+    torch.manual_seed(0)
+    G0, D0 = make_models(definitions(chapter, extra_names, {"bce": nn.BCELoss()}))
+    steps = {}
+    for label, prec in _precisions(device).items():
+        ns = definitions(chapter, extra_names | {"train_step"}, {"bce": nn.BCELoss(), "fast": prec})
+        G, D = prec.prepare(copy.deepcopy(G0)), prec.prepare(copy.deepcopy(D0))
+        d_opt, g_opt = (torch.optim.Adam(m.parameters(), lr=lr, betas=betas) for m in (D, G))
+        average = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=ema_buffers) \
+            if ema_decay else None
+        history = training.History()
+
+        def step(ns=ns, G=G, D=D, d_opt=d_opt, g_opt=g_opt, average=average, history=history, prec=prec):
+            values = ns["train_step"](G, D, d_opt, g_opt, *batch(prec))
+            if average is not None:
+                average.update_parameters(G)
+            history.log(**{f"v{i}": v for i, v in enumerate(values.tolist())})  # the loop's .item() calls
+            return values
+        steps[label] = step
+    steps["plain"] = plain(copy.deepcopy(G0), copy.deepcopy(D0))
+    return steps
+
+
+def gan(device: torch.device) -> Steps:
+    cfg = full_settings("gan")
     real = torch.rand(cfg.batch_size, 784, device=device) * 2 - 1
-    return _gan_steps(G, D, lambda g, z: g(z), lambda d, x: d(x), real,
-                      lambda: torch.randn(cfg.batch_size, cfg.latent_dim, device=device), cfg.lr)
+    noise = lambda: torch.randn(cfg.batch_size, cfg.latent_dim, device=device)  # noqa: E731
+    return _chapter_gan_steps(
+        "gan", lambda ns: (ns["make_generator"](cfg.latent_dim, cfg.hidden_dim).to(device),
+                           ns["make_discriminator"](cfg.hidden_dim).to(device)),
+        lambda prec: (real, cfg.latent_dim),
+        lambda G, D: _plain_gan_step(G, D, real, noise, cfg.lr, (cfg.beta1, 0.999), ema_decay=cfg.ema_decay),
+        device, cfg.lr, (cfg.beta1, 0.999), cfg.ema_decay, {"make_generator", "make_discriminator"})
 
 
-def cgan(device: torch.device) -> tuple[Step, Step]:
-    cfg, ns = full_settings("cgan"), definitions("cgan", {"Generator", "Discriminator"})
-    G, D = ns["Generator"](cfg.latent_dim, cfg.embed_dim).to(device), ns["Discriminator"](cfg.embed_dim).to(device)
+def cgan(device: torch.device) -> Steps:
+    cfg = full_settings("cgan")
     real = torch.rand(cfg.batch_size, 784, device=device) * 2 - 1
     labels = torch.randint(0, 10, (cfg.batch_size,), device=device)
-    return _gan_steps(G, D, lambda g, z, y: g.model(torch.cat([z, g.embed(y)], 1)),
-                      lambda d, x, y: d.model(torch.cat([x, d.embed(y)], 1)), real,
-                      lambda: torch.randn(cfg.batch_size, cfg.latent_dim, device=device), cfg.lr,
-                      betas=(cfg.beta1, 0.999), extra=(labels,), ema_decay=cfg.ema_decay,
-                      wrong=lambda: ((labels + torch.randint(1, 10, labels.shape, device=device)) % 10,))
+    noise = lambda: torch.randn(cfg.batch_size, cfg.latent_dim, device=device)  # noqa: E731
+    wrong = lambda: ((labels + torch.randint(1, 10, labels.shape, device=device)) % 10,)  # noqa: E731
+
+    return _chapter_gan_steps(
+        "cgan", lambda ns: (ns["Generator"](cfg.latent_dim, cfg.embed_dim).to(device),
+                            ns["Discriminator"](cfg.embed_dim).to(device)),
+        lambda prec: (real, labels, cfg.latent_dim), lambda G, D: _plain_cgan(G, D, real, labels, noise, wrong, cfg),
+        device, cfg.lr, (cfg.beta1, 0.999), cfg.ema_decay, {"Generator", "Discriminator"})
 
 
-def dcgan(device: torch.device) -> tuple[Step, Step]:
-    cfg, ns = full_settings("dcgan"), definitions("dcgan", {"Generator", "Discriminator", "weights_init"})
-    G, D = ns["Generator"](cfg.latent_dim, cfg.ngf).to(device), ns["Discriminator"](cfg.ndf).to(device)
-    G.apply(ns["weights_init"])
-    D.apply(ns["weights_init"])
+def _plain_cgan(G: nn.Module, D: nn.Module, real, labels, noise, wrong, cfg) -> Step:
+    """The cGAN's plain step: the networks' inner layers called directly (no input checks)."""
+    class Call(nn.Module):  # a module view of "inner layers on (x, embedded label)", for the optimiser
+        def __init__(self, net: nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, y):
+            return self.net.model(torch.cat([x, self.net.embed(y)], 1))
+
+    return _plain_gan_step(Call(G), Call(D), real, noise, cfg.lr, (cfg.beta1, 0.999), conditioning=(labels,),
+                           wrong=wrong, ema_decay=cfg.ema_decay)
+
+
+def dcgan(device: torch.device) -> Steps:
+    cfg = full_settings("dcgan")
     real = torch.rand(cfg.batch_size, 3, 64, 64, device=device) * 2 - 1
-    return _gan_steps(G, D, lambda g, z: g.main(z), lambda d, x: d.main(x).view(-1, 1), real,
-                      lambda: torch.randn(cfg.batch_size, cfg.latent_dim, 1, 1, device=device), cfg.lr,
-                      betas=(cfg.beta1, 0.999))
+    noise = lambda: torch.randn(cfg.batch_size, cfg.latent_dim, 1, 1, device=device)  # noqa: E731
+
+    def make(ns):
+        G, D = ns["Generator"](cfg.latent_dim, cfg.ngf).to(device), ns["Discriminator"](cfg.ndf).to(device)
+        G.apply(ns["weights_init"])
+        D.apply(ns["weights_init"])
+        return G, D
+
+    class Inner(nn.Module):  # the plain loop calls the networks' layers directly
+        def __init__(self, net: nn.Module, flatten: bool):
+            super().__init__()
+            self.net, self.flatten = net, flatten
+
+        def forward(self, x):
+            out = self.net.main(x)
+            return out.view(-1, 1) if self.flatten else out
+
+    return _chapter_gan_steps(
+        "dcgan", make, lambda prec: (prec.prepare(real), cfg.latent_dim),
+        lambda G, D: _plain_gan_step(Inner(G, False), Inner(D, True), real, noise, cfg.lr, (cfg.beta1, 0.999),
+                                     ema_decay=cfg.ema_decay),
+        device, cfg.lr, (cfg.beta1, 0.999), cfg.ema_decay, {"Generator", "Discriminator", "weights_init"},
+        ema_buffers=True)
 
 
-def lstm_basics(device: torch.device) -> tuple[Step, Step]:
+def lstm_basics(device: torch.device) -> Steps:
     cfg, ns = full_settings("lstm_basics"), definitions("lstm_basics", {"TextLSTM"})
     n_class = 7  # the vocabulary of the six sentences
     model = ns["TextLSTM"](n_class, cfg.n_hidden).to(device)
     inputs = F.one_hot(torch.randint(0, n_class, (6, 2)), n_class).float().to(device)
     targets = torch.randint(0, n_class, (6,), device=device)
 
+    def chapter_loss(m, prec):
+        with prec.autocast():
+            scores = m(inputs)
+        return F.cross_entropy(scores.float(), targets)
+
     history = training.History()
-    return _loss_steps(model, lambda params: torch.optim.Adam(params, lr=cfg.lr),
-                       lambda m: F.cross_entropy(m(inputs), targets),
-                       lambda m: F.cross_entropy(m.out(m.lstm(inputs)[0][:, -1]), targets),
+    return _loss_steps(model, lambda params: torch.optim.Adam(params, lr=cfg.lr), chapter_loss,
+                       lambda m: F.cross_entropy(m.out(m.lstm(inputs)[0][:, -1]), targets), device,
                        record=lambda value: history.log(loss=value))
 
 
-def _bptt_steps(model: nn.Module, source: torch.Tensor, bptt: int, clip: float, update: Callable) -> tuple[Step, Step]:
-    """A truncated-BPTT step with utils.text (batches, detached state) and its plain twin."""
-    def make(m: nn.Module, use_helpers: bool) -> Step:
-        state, position, apply_update = [None], [0], update(m)
+def _bptt_steps(chapter: str, model_name: str, make_model: Callable, source: torch.Tensor, bptt: int,
+                clip: float, call: Callable, plain_update: Callable, device: torch.device) -> Steps:
+    """The chapter's own truncated-BPTT ``train_step`` in fp32 and on the fast path, and a plain twin."""
+    torch.manual_seed(0)
+    model0 = make_model(definitions(chapter, {model_name}))
+    steps = {}
+    for label, prec in _precisions(device).items():
+        ns = definitions(chapter, {model_name, "train_step"}, {"cfg": SimpleNamespace(precision=prec)})
+        m = copy.deepcopy(model0)
+        state, position, extra = [None], [0], call(m)
 
-        def step() -> torch.Tensor:
+        def step(ns=ns, m=m, state=state, position=position, extra=extra) -> torch.Tensor:
             i = position[0]
             position[0] = (i + bptt) % (len(source) - bptt - 1)
-            if use_helpers:
-                inputs, targets = text.get_batch(source, i, bptt)
-                previous = text.detach_state(state[0])
-            else:
-                inputs, targets = source[i:i + bptt], source[i + 1:i + 1 + bptt]
-                previous = None if state[0] is None else tuple(s.detach() for s in state[0])
-            logits, state[0] = m(inputs, previous)
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-            m.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(m.parameters(), clip)
-            apply_update()
-            if use_helpers:
-                loss.item()
-            return loss.detach()
-        return step
+            loss, state[0] = ns["train_step"](m, *extra(text.get_batch(source, i, bptt), state[0]))
+            loss.item()  # the chapter's bookkeeping
+            return loss
+        steps[label] = step
 
-    return make(model, True), make(copy.deepcopy(model), False)
+    m = copy.deepcopy(model0)
+    state, position, update = [None], [0], plain_update(m)
+
+    def plain() -> torch.Tensor:
+        i = position[0]
+        position[0] = (i + bptt) % (len(source) - bptt - 1)
+        inputs, targets = source[i:i + bptt], source[i + 1:i + 1 + bptt]
+        previous = None if state[0] is None else tuple(s.detach() for s in state[0])
+        logits, state[0] = m(inputs, previous)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        m.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(m.parameters(), clip)
+        update()
+        return loss.detach()
+    steps["plain"] = plain
+    return steps
 
 
-def text_generation(device: torch.device) -> tuple[Step, Step]:
-    cfg, ns = full_settings("text_generation"), definitions("text_generation", {"CharLSTM"})
+def text_generation(device: torch.device) -> Steps:
+    cfg = full_settings("text_generation")
     vocab_size = 59  # the characters of the Nietzsche text
-    model = ns["CharLSTM"](vocab_size, cfg.embedding, cfg.hidden, cfg.dropout).to(device)
     source = torch.randint(0, vocab_size, (20 * cfg.bptt, cfg.batch_size), device=device)
-    return _bptt_steps(model, source, cfg.bptt, cfg.clip,
-                       lambda m: torch.optim.Adam(m.parameters(), lr=cfg.max_lr).step)
+
+    def call(m):
+        optimizer = torch.optim.Adam(m.parameters(), lr=cfg.max_lr)
+        return lambda batch, state: (optimizer, *batch, state, cfg.clip)
+
+    return _bptt_steps("text_generation", "CharLSTM",
+                       lambda ns: ns["CharLSTM"](vocab_size, cfg.embedding, cfg.hidden, cfg.dropout).to(device),
+                       source, cfg.bptt, cfg.clip, call, lambda m: torch.optim.Adam(m.parameters(), lr=cfg.max_lr).step,
+                       device)
 
 
-def language_model(device: torch.device) -> tuple[Step, Step]:
-    cfg, ns = full_settings("language_model"), definitions("language_model", {"RNNModel"})
+def language_model(device: torch.device) -> Steps:
+    cfg = full_settings("language_model")
     vocab_size = 33_278  # WikiText-2
-    model = ns["RNNModel"](vocab_size, cfg.size, cfg.layers, cfg.dropout).to(device)
     source = torch.randint(0, vocab_size, (20 * cfg.bptt, cfg.batch_size), device=device)
+    lr = cfg.lr / 100  # a smaller rate: random tokens, many steps
 
-    def sgd(m: nn.Module) -> Callable[[], None]:
+    def plain_update(m: nn.Module) -> Callable[[], None]:
         @torch.no_grad()
         def apply() -> None:
             for p in m.parameters():
-                p.add_(p.grad, alpha=-cfg.lr / 100)  # a smaller rate: random tokens, many steps
+                p.add_(p.grad, alpha=-lr)
         return apply
 
-    return _bptt_steps(model, source, cfg.bptt, cfg.clip, sgd)
+    return _bptt_steps("language_model", "RNNModel",
+                       lambda ns: ns["RNNModel"](vocab_size, cfg.size, cfg.layers, cfg.dropout).to(device),
+                       source, cfg.bptt, cfg.clip, lambda m: (lambda batch, state: (*batch, state, lr, cfg.clip)),
+                       plain_update, device)
 
 
-def style_transfer(device: torch.device) -> tuple[Step, Step]:
+def style_transfer(device: torch.device) -> Steps:
     """One L-BFGS closure evaluation, against the PyTorch tutorial's loss modules (see style_transfer.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import style_transfer as reference  # the chapter's own benchmark and its tutorial-style reference
+    from benchmarks import style_transfer as closure
 
-    chapter, plain, _ = reference.steps(device, full_settings("style_transfer").size)
-    return chapter, plain
+    return closure.steps(device, full_settings("style_transfer").size)[0]
 
 
 CASES = {f.__name__: f for f in (autoencoder, vae, gan, cgan, dcgan, lstm_basics, text_generation,
                                    language_model, style_transfer)}
+#: Chapters whose step is convolution-bound: their GFLOP/s is compared with the convolution peak.
+CONV_BOUND = {"dcgan", "style_transfer"}
 
 
 def _peak_rss_mb() -> float:
@@ -305,55 +348,41 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_times(steps: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each step after one warm-up call each, alternating which goes first."""
-    for step in steps.values():
-        step()
-        _sync(device)
-    times: dict[str, list[float]] = {label: [] for label in steps}
-    for repeat in range(repeats):
-        order = list(steps.items()) if repeat % 2 == 0 else list(steps.items())[::-1]
-        for label, step in order:
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(t) for label, t in times.items()}
-
-
 def measure(name: str, repeats: int, memory_of: str = "") -> dict:
-    """Median step times of one chapter (both steps, alternating), or the peak memory of one step.
+    """Median step times of one chapter (all three steps, rotating), or the peak memory of one step.
 
     On the CPU the peak memory can only be read per process, so each step's memory is measured in a
     fresh process of its own (``memory_of`` = "chapter" or "plain").
     """
     runtime.seed_everything(0)
     device = runtime.get_device()
-    steps = dict(zip(("chapter", "plain"), CASES[name](device)))
+    steps = CASES[name](device)
     if memory_of:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
             steps[memory_of]()
-            _sync(device)
+            sync(device)
             return {"peak_mb": (torch.cuda.max_memory_allocated() - before) / 2**20}
         before = max(_rss_mb(), _peak_rss_mb())
         steps[memory_of]()
         return {"peak_mb": max(0.0, _peak_rss_mb() - before)}
 
     medians = median_times(steps, repeats, device)
-    return {"device": str(device), "threads": torch.get_num_threads(),
-            "step_ms": medians["chapter"] * 1000, "plain_ms": medians["plain"] * 1000,
-            "ratio": medians["chapter"] / medians["plain"]}
+    result = {"device": runtime.device_description(device), "fast_path": precision.choose(device).describe(),
+              **{f"{label}_ms": seconds * 1000 for label, seconds in medians.items()}}
+    if name in CONV_BOUND:
+        flops = count_flops(steps["chapter"])
+        fast = precision.choose(device)
+        result["gflops_chapter"] = flops / medians["chapter"] / 1e9
+        result["gflops_fast"] = flops / medians["fast"] / 1e9
+        result["peak_gflops"] = conv_peak_gflops(device, False)
+        result["peak_gflops_fast"] = conv_peak_gflops(device, fast.channels_last)
+    return result
 
 
 def _child(name: str, repeats: int, memory_of: str = "") -> dict:
-    command = [sys.executable, __file__, "--child", name, "--repeats", str(repeats)]
+    command = [sys.executable, "-m", "benchmarks.training_steps", "--child", name, "--repeats", str(repeats)]
     done = subprocess.run(command + (["--memory-of", memory_of] if memory_of else []), capture_output=True, text=True)
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
@@ -375,7 +404,9 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(CASES))
     if unknown:
         parser.error(f"unknown chapter(s) {unknown}; choose from {list(CASES)}")
-    print(f"{'chapter':16s}{'step ms':>10s}{'plain ms':>10s}{'ratio':>8s}{'peak MB':>10s}{'plain MB':>10s}  device")
+    header = (f"{'chapter':16s}{'fp32 ms':>9s}{'fast ms':>9s}{'plain ms':>9s}{'fast/fp32':>10s}{'fp32/plain':>11s}"
+              f"{'peak MB':>9s}{'plain MB':>9s}  conv GFLOP/s fp32 / fast (share of peak)")
+    printed_device = False
     for name in chosen:
         try:
             r = _child(name, args.repeats)
@@ -383,8 +414,16 @@ def main() -> None:
         except RuntimeError as err:
             print(f"{name:16s} failed: {err}")
             continue
-        print(f"{name:16s}{r['step_ms']:10.1f}{r['plain_ms']:10.1f}{r['ratio']:8.3f}{peak:10.1f}"
-              f"{plain_peak:10.1f}  {r['device']} ({r['threads']} threads)")
+        if not printed_device:
+            print(f"device: {r['device']}; fast path: {r['fast_path']}\n{header}")
+            printed_device = True
+        conv = ""
+        if "gflops_chapter" in r:
+            conv = (f"  {r['gflops_chapter']:.0f} ({r['gflops_chapter'] / r['peak_gflops']:.0%} of {r['peak_gflops']:.0f})"
+                    f" / {r['gflops_fast']:.0f} ({r['gflops_fast'] / r['peak_gflops_fast']:.0%} of {r['peak_gflops_fast']:.0f})")
+        print(f"{name:16s}{r['chapter_ms']:9.1f}{r['fast_ms']:9.1f}{r['plain_ms']:9.1f}"
+              f"{r['fast_ms'] / r['chapter_ms']:10.3f}{r['chapter_ms'] / r['plain_ms']:11.3f}"
+              f"{peak:9.1f}{plain_peak:9.1f}{conv}")
 
 
 if __name__ == "__main__":

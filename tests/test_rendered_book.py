@@ -1,8 +1,11 @@
-"""The rendered book as a reader meets it: every chapter page opened in headless Chromium.
+"""The rendered book as a reader meets it: every page opened in headless Chromium, offline.
 
-Builds the book into a temporary folder, then for each page in the table of contents takes a
-screenshot (kept in ``_build/screenshots/``) and checks the rendered DOM for the page title, at
-least one figure and typeset math. Skipped when Chromium is not installed (``.ci/run`` installs it).
+Builds the book into a temporary folder, opens each page of the table of contents with Playwright
+driving the system's Chromium (no browser download), and checks the whole page: its title, that every
+image loaded, that the figures shown are the figures stored in the notebook, that math was typeset and
+no raw TeX or markdown table syntax is left, that the results page holds one table row per chapter, and
+that nothing was requested from outside the book. A full-page screenshot of each page is kept in
+``_build/screenshots/``. Skipped where Chromium or Playwright is missing (``.ci/run`` installs both).
 """
 import re
 import shutil
@@ -10,15 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from test_book import CHAPTERS, ROOT, toc_files
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync",
-         "--hide-scrollbars", "--virtual-time-budget=8000"]
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--no-first-run", "--disable-quic", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -30,30 +34,81 @@ def html(tmp_path_factory) -> Path:
     return out / "_build" / "html"
 
 
-def chromium(page: Path, profile: Path, *args: str) -> str:
-    result = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()],
-                            capture_output=True, text=True, timeout=120)
-    return result.stdout
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield chromium
+        chromium.close()
 
 
-@pytest.mark.parametrize("page", toc_files())
-def test_page_renders_title_figures_and_math(html, page, tmp_path):
-    path = html / f"{page}.html"
-    assert path.is_file(), f"{page} was not built"
-    shots = ROOT / "_build" / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
-    shot = shots / f"{Path(page).stem}.png"
-    chromium(path, tmp_path / "profile-shot", "--window-size=1280,2000", f"--screenshot={shot}")
-    assert shot.is_file() and shot.stat().st_size > 10_000, "no screenshot"
+def stored_figures(page: str) -> int:
+    """PNG and JPEG outputs the notebook stores in cells the rendered book shows."""
+    path = ROOT / f"{page}.ipynb"
+    if not path.is_file():
+        return 0
+    count = 0
+    for cell in nbformat.read(path, as_version=4).cells:
+        tags = set(cell.metadata.get("tags", []))
+        if cell.cell_type != "code" or tags & {"remove-cell", "remove-output"}:
+            continue
+        count += sum(1 for o in cell.outputs if {"image/png", "image/jpeg"} & set(o.get("data", {})))
+    return count
 
-    dom = chromium(path, tmp_path / "profile-dom", "--dump-dom")
-    title = re.search(r"<h1[^>]*>(.*?)<", dom, re.S)
-    assert title and title.group(1).strip(), "the page has no title"
-    if re.search(r'class="math[ "]', path.read_text()):  # the page has math for MathJax to typeset
-        assert "<mjx-container" in dom, "MathJax did not typeset the math"
-    text = re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)
-    text = re.sub(r"<mjx-container.*?</mjx-container>", "", text, flags=re.S)
-    text = re.sub(r"<pre.*?</pre>", "", text, flags=re.S)  # code may contain anything
-    assert "$$" not in text and "\\[" not in text, "raw TeX left on the page"
-    if page in CHAPTERS:
-        assert re.search(r'<img[^>]+src="[^"]*_images/[^"]+\.png"', dom), "no figure from the notebook's outputs"
+
+def open_page(browser, path: Path) -> tuple:
+    """The loaded page and every URL it requested; requests that leave the book are blocked."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.route(re.compile(r"^https?://"), lambda route: route.abort())
+    page.goto(path.as_uri(), wait_until="load", timeout=60_000)
+    page.evaluate("async () => { if (window.MathJax && MathJax.startup) { await MathJax.startup.promise; } }")
+    page.wait_for_function("[...document.images].every(i => i.complete)", timeout=30_000)
+    return page, requested
+
+
+@pytest.mark.parametrize("name", toc_files())
+def test_page_renders_completely_offline(html, browser, name):
+    path = html / f"{name}.html"
+    assert path.is_file(), f"{name} was not built"
+    page, requested = open_page(browser, path)
+    try:
+        shots = ROOT / "_build" / "screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / f"{Path(name).stem}.png"), full_page=True)
+
+        external = [url for url in requested if re.match(r"^https?://", url)]
+        assert external == [], f"the page requested resources from outside the book: {external}"
+        assert page.inner_text("h1").strip(), "the page has no title"
+        broken = page.evaluate("[...document.images].filter(i => i.naturalWidth === 0).map(i => i.src)")
+        assert broken == [], f"images that did not load: {broken}"
+        shown = page.evaluate("document.querySelectorAll('.cell_output img').length")
+        assert shown == stored_figures(name), "every figure stored in the notebook is shown, and only those"
+        if name in CHAPTERS:
+            assert shown >= 3
+
+        if re.search(r'class="math[ "]', path.read_text()):  # the page has math for MathJax to typeset
+            assert page.evaluate("document.querySelectorAll('mjx-container').length") > 0, "math was not typeset"
+        text = page.evaluate("""() => {
+            const copy = document.querySelector('main, article, body').cloneNode(true);
+            copy.querySelectorAll('pre, code, mjx-container, script, style').forEach(e => e.remove());
+            return copy.innerText;
+        }""")
+        assert "$$" not in text and "\\[" not in text and "\\begin{" not in text, "raw TeX left on the page"
+        assert not re.search(r"^\s*\|.*\|\s*$\n^\s*\|\s*-{3,}", text, re.M), "raw markdown table syntax on the page"
+        assert "Colab only" not in text and "google.colab" not in text, "the Colab cell is shown to readers"
+        assert "NBVAL" not in page.content(), "test machinery is visible"
+    finally:
+        page.close()
+
+
+def test_results_page_is_a_table_with_one_row_per_chapter(html, browser):
+    page, _ = open_page(browser, html / "book" / "results.html")
+    try:
+        rows = page.evaluate("[...document.querySelectorAll('table.results-table tbody tr')]"
+                             ".map(r => r.querySelector('td').innerText.trim())")
+        assert rows == [Path(c).stem for c in CHAPTERS]
+        assert page.evaluate("document.querySelectorAll('.cell_input').length") == 0, "the page's code is hidden"
+    finally:
+        page.close()

@@ -102,3 +102,17 @@ def test_the_summary_table_skips_and_names_malformed_files(tmp_path, monkeypatch
 
 def test_final_text_keeps_what_a_terminal_shows():
     assert notebooks.final_text("a\r  0%|\r100%|\nnext\r\n") == "100%|\nnext\n"
+
+
+def test_the_learning_rate_stays_then_decays_linearly_to_zero():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    optimizers = [torch.optim.SGD(params, lr=0.4), torch.optim.Adam(params, lr=0.2)]
+    schedules = training.decay_in_second_half(optimizers, epochs=4)
+    rates = []
+    for _ in range(4):
+        rates.append([o.param_groups[0]["lr"] for o in optimizers])
+        for optimizer, schedule in zip(optimizers, schedules):
+            optimizer.step()
+            schedule.step()
+    assert rates == [[0.4, 0.2], [0.4, 0.2], [0.4, 0.2], [0.2, 0.1]]
+    assert optimizers[0].param_groups[0]["lr"] == 0.0

@@ -2,7 +2,8 @@
 
 One module per concern; importing the package has no side effects:
 
-- :mod:`utils.runtime`   -- profiles (smoke/full), device choice, seeding
+- :mod:`utils.runtime`   -- profiles (smoke/full), strict switches, device choice, seeding
+- :mod:`utils.precision` -- the fast path: channels_last, bf16 autocast where the device has bf16 units
 - :mod:`utils.sources`   -- where files come from, their verification, atomic writes; one clear error
 - :mod:`utils.data`      -- the datasets (MNIST family, CelebA faces, texts) built on those files
 - :mod:`utils.images`    -- loading images, image grids for figures

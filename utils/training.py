@@ -75,6 +75,18 @@ class History:
         return ax
 
 
+def decay_in_second_half(optimizers: Sequence, epochs: int) -> list:
+    """Learning-rate schedules that keep each optimiser's rate for the first half of ``epochs`` and then
+    lower it linearly to zero; call ``step()`` on each once per epoch. The GAN chapters use it so that the
+    last epochs settle instead of circling."""
+    import torch
+
+    def factor(epoch: int) -> float:
+        return min(1.0, (epochs - epoch) / (epochs / 2))
+
+    return [torch.optim.lr_scheduler.LambdaLR(optimizer, factor) for optimizer in optimizers]
+
+
 def log_dir(chapter: str) -> Path:
     """A fresh per-run log folder, ``runs/<chapter>/<timestamp>``, under ``$GDL_LOG_DIR`` or the cwd."""
     base = Path(os.environ.get(LOG_DIR_ENV) or "runs")
