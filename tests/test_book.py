@@ -60,9 +60,13 @@ def contract_problems(path: Path) -> list[str]:
         found.append("rule 3: the first code cell installs utils in Colab only, and does nothing elsewhere")
     elif "remove-cell" not in colab.metadata.get("tags", []):
         found.append("rule 3: the Colab cell is tagged remove-cell, so the rendered book does not show it")
-    setup = cells[1].source if len(cells) > 1 else ""
-    if not re.search(r"^cfg, device = runtime\.setup\(\s*\n?\s*full=dict\(", setup, re.M) or "smoke=dict(" not in setup:
-        found.append("rule 4: the second code cell calls cfg, device = runtime.setup(full=dict(...), smoke=dict(...))")
+    setups = [i for i, c in enumerate(cells) if "runtime.setup(" in c.source]
+    users = [i for i, c in enumerate(cells) if re.search(r"\b(cfg|device)\b", c.source)]
+    setup = cells[setups[0]].source if len(setups) == 1 else ""
+    if (not re.search(r"^cfg, device = runtime\.setup\(\s*\n?\s*full=dict\(", setup, re.M) or "smoke=dict(" not in setup
+            or (users and users[0] < setups[0])):
+        found.append("rule 4: one code cell calls cfg, device = runtime.setup(full=dict(...), smoke=dict(...)), "
+                     "before any cell uses cfg or device")
     for index, cell in enumerate(cells):
         if re.search(r"^\s*#\s*NBVAL_", cell.source, re.M):
             found.append(f"rule 9: code cell {index} marks nbval with a comment; use the cell tag nbval-check-output")

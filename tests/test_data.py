@@ -264,3 +264,30 @@ def test_the_idx_structure_check():
         assert "magic number 1234" in data._idx_problem(path)
         path.write_bytes(b"\x00")
         assert "too short" in data._idx_problem(path)
+
+
+_UNPACK = """
+import hashlib, sys
+from utils import data
+images, labels = data.as_tensors(data.mnist(train=False))
+print(hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_processes_unpacking_into_one_cache_at_once_get_identical_data(tmp_path):
+    import subprocess
+    import sys
+
+    real_file("MNIST/raw/t10k-images-idx3-ubyte.gz")
+    from conftest import REAL_DATA_DIR
+
+    env = {"GDL_DATA_DIR": str(REAL_DATA_DIR), "GDL_CACHE_DIR": str(tmp_path / "cache"), "GDL_OFFLINE": "1",
+           "PATH": "/usr/bin:/bin"}
+    procs = [subprocess.Popen([sys.executable, "-c", _UNPACK], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    digests = {out.strip() for out, _ in outputs}
+    assert len(digests) == 1
+    unpacked = list((tmp_path / "cache").glob("unpacked/MNIST-*/MNIST/raw/*"))
+    assert sorted(p.name for p in unpacked) == sorted(n.removesuffix(".gz") for n in MNIST_NAMES)  # no temp files

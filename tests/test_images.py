@@ -115,3 +115,29 @@ def test_images_honour_the_offline_switch_and_verify_the_cache(cache_home, monke
         images.load_image(url)
     Image.new("RGB", (5, 5), (255, 0, 0)).save(cached, "PNG")
     assert images.load_image(url)[0, 0].mean() == 1.0
+
+
+def test_figures_are_drawn_at_an_integer_zoom_under_the_width_cap():
+    assert images._zoom(302, None) == 3 and images._zoom(530, None) == 1 and images._zoom(2000, None) == 1
+    assert images._zoom(302, 2) == 2
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="zoom must be a positive integer"):
+            images._zoom(100, bad)
+    fig = images.show_grid(torch.rand(10, 1, 28, 28), "ten digits", nrow=10)
+    width = fig.get_size_inches()[0] * fig.dpi
+    assert width == pytest.approx(3 * (2 + 10 * 30), abs=1)  # zoom 3 of the 302-pixel grid
+    plt.close("all")
+
+
+def test_photographs_are_shown_as_jpeg_in_a_notebook(monkeypatch):
+    from IPython import display as ipy
+
+    shown = []
+    monkeypatch.setattr(images, "_in_notebook", lambda: True)
+    monkeypatch.setattr(ipy, "display", lambda obj: shown.append(obj))
+    fig = images.show_images([torch.rand(1, 3, 20, 30), torch.rand(1, 3, 20, 20)], ["a", "b"])
+    assert len(shown) == 1 and shown[0].format == "jpeg" and shown[0].data[:2] == b"\xff\xd8"
+    assert not plt.fignum_exists(fig.number)  # closed, so the inline backend does not add a PNG
+    images.show_grid(torch.rand(4, 1, 8, 8), "grey")  # drawings stay with the inline backend's PNG
+    assert len(shown) == 1
+    plt.close("all")
