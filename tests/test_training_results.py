@@ -85,16 +85,17 @@ def test_bad_records_fail_before_anything_is_written(tmp_path, monkeypatch, metr
 def test_the_summary_table_skips_and_names_malformed_files(tmp_path, monkeypatch):
     monkeypatch.setenv(results.RESULTS_DIR_ENV, str(tmp_path))
     monkeypatch.delenv(runtime.SMOKE_ENV, raising=False)
-    for name, value in (("beta", 2.5), ("alpha", 0.125)):
-        results.save_results(name, {"loss": value}, torch.device("cpu"), 90.0, **HEADLINE)
+    for name, value, seconds in (("beta", 2.5, 90.0), ("alpha", 0.125, 9.0), ("gamma", 3340718.3, 600.0)):
+        results.save_results(name, {"loss": value}, torch.device("cpu"), seconds, **HEADLINE)
     (tmp_path / "broken.json").write_text("{ not json")
     (tmp_path / "stray.json").write_text(json.dumps({"chapter": "stray", "metrics": {}}))
     records, skipped = results.all_results()
-    assert [r["chapter"] for r in records] == ["alpha", "beta"]
+    assert [r["chapter"] for r in records] == ["alpha", "beta", "gamma"]
     assert [s.split(":")[0] for s in skipped] == ["broken.json", "stray.json"]
     table = results.summary_html(order=["beta", "alpha"])
-    assert table.count("<tr>") == 3 and table.index(">beta<") < table.index(">alpha<")
-    assert "<td>0.125</td>" in table and "1.5 min" in table and "goal 1.0" in table
+    assert table.count("<tr>") == 4 and table.index(">beta<") < table.index(">alpha<")
+    assert "<td>0.125</td>" in table and "<td>3,340,718</td>" in table and "goal 1.0" in table
+    assert "<td>1.5 min</td>" in table and "<td>9 s</td>" in table and "<td>10.0 min</td>" in table
     assert "broken.json: not readable JSON" in table and "stray.json" in table
     with pytest.raises(ValueError, match=r"stray.json in \$GDL_RESULTS_DIR: 'profile' must be 'full'"):
         results.load_results("stray")

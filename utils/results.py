@@ -170,7 +170,14 @@ def toc_order() -> list[str]:
 
 
 def _number(value: float | int) -> str:
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+    """A value as a reader reads it: 0.0262, 99.16, 3,340,718 (no exponent notation)."""
+    if isinstance(value, int) or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
 def summary_html(order: Sequence[str] | None = None) -> str:
@@ -187,7 +194,7 @@ def summary_html(order: Sequence[str] | None = None) -> str:
         cells = [f'<a href="{r["chapter"]}.html">{html.escape(r["chapter"])}</a>',
                  f"<code>{html.escape(h['metric'])}</code>", _number(r["metrics"][h["metric"]]),
                  html.escape(h["meaning"]), html.escape(h["reference"]), html.escape(r["device"]),
-                 f"{r['wall_time_s'] / 60:.1f} min"]
+                 _duration(r["wall_time_s"])]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{c}</th>" for c in ("chapter", "headline metric", "value", "how to read it",
                                               "compared with", "device", "wall time"))
