@@ -82,14 +82,14 @@ def fashion_classifier(device: torch.device, epochs: int = 4, train_size: int | 
 
 
 def _load(model: FashionClassifier, path: Path, device: torch.device) -> bool:
-    """Load a cached state into ``model``; False (with a warning) when the file is damaged or another model's."""
+    """Load a cached state into ``model``; False (with a warning) when the file is damaged or another
+    model's. A half-loaded model needs no reset: :func:`_train`, which follows, re-initialises every layer."""
     try:
         model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         return True
     except Exception as exc:  # noqa: BLE001 -- any failure: the file is not a usable checkpoint
         warnings.warn(f"the cached classifier {path.name} could not be loaded ({type(exc).__name__}); "
                       "training it again", stacklevel=3)
-        model.load_state_dict(FashionClassifier().to(device).state_dict())  # no half-loaded state
         return False
 
 

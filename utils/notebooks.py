@@ -41,17 +41,13 @@ def _keep_final_bars(cell) -> None:
     """Within a cell, keep only the last state of each progress bar (bars are told apart by their
     description), so a loop that shows figures between epochs stores one bar, not one per figure."""
     streams = [out for out in cell.outputs if out.output_type == "stream"]
-    last: dict[str, tuple[int, int]] = {}
+    lines = [out.text.split("\n") for out in streams]
+    bars = {(i, j): match.group("desc") for i, text in enumerate(lines) for j, line in enumerate(text)
+            if (match := _BAR.match(line))}
+    last = {desc: position for position, desc in bars.items()}  # positions ascend: the last one wins
     for i, out in enumerate(streams):
-        for j, line in enumerate(out.text.split("\n")):
-            match = _BAR.match(line)
-            if match:
-                last[match.group("desc")] = (i, j)
-    for i, out in enumerate(streams):
-        lines = out.text.split("\n")
-        kept = [line for j, line in enumerate(lines)
-                if not (_BAR.match(line) and last.get(_BAR.match(line).group("desc")) != (i, j))]
-        out.text = "\n".join(kept)
+        out.text = "\n".join(line for j, line in enumerate(lines[i])
+                              if (i, j) not in bars or last[bars[(i, j)]] == (i, j))
     cell.outputs = [out for out in cell.outputs if out.output_type != "stream" or out.text.strip()]
 
 
