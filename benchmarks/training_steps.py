@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -326,6 +327,55 @@ def language_model(device: torch.device) -> Steps:
                        plain_update, device)
 
 
+def diffusion(device: torch.device) -> Steps:
+    """The chapter's own ``train_step`` (label dropout, min-SNR loss) and its loop's weight average, in fp32
+    and on the fast path from the same weights; the plain twin writes the loss inline."""
+    cfg = full_settings("diffusion")
+    names = {"cosine_alpha_bar", "add_noise", "timestep_embedding", "ResidualBlock", "UNet", "diffusion_loss",
+             "train_step"}
+    x0 = torch.rand(cfg.batch_size, 1, 28, 28, device=device) * 2 - 1
+    labels = torch.randint(0, 10, (cfg.batch_size,), device=device)
+    torch.manual_seed(0)
+    model0 = definitions("diffusion", {"timestep_embedding", "ResidualBlock", "UNet"}, {"math": math})["UNet"](
+        tuple(cfg.channels)).to(device)
+    steps = {}
+    for label, prec in _precisions(device).items():
+        ns = definitions("diffusion", names, {"math": math, "cfg": SimpleNamespace(**vars(cfg), precision=prec)})
+        ns["alpha_bar"] = ns["cosine_alpha_bar"](cfg.T).to(device)  # the global the chapter's functions read
+        model = prec.prepare(copy.deepcopy(model0))
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
+        batch = prec.prepare(x0)
+        history = training.History()
+
+        def step(ns=ns, model=model, optimizer=optimizer, average=average, batch=batch, history=history) -> torch.Tensor:
+            loss = ns["train_step"](model, optimizer, batch, labels)
+            average.update_parameters(model)
+            history.log(loss=loss.item())  # the loop's .item() call
+            return loss
+        steps[label] = step
+
+    plain_model = copy.deepcopy(model0)
+    plain_optimizer = torch.optim.Adam(plain_model.parameters(), lr=cfg.lr)
+    alpha_bar = definitions("diffusion", {"cosine_alpha_bar"}, {"math": math})["cosine_alpha_bar"](cfg.T).to(device)
+
+    def plain() -> torch.Tensor:
+        dropped = torch.rand(len(labels), device=device) < cfg.label_dropout
+        y = labels.masked_fill(dropped, 10)
+        t = torch.randint(1, cfg.T + 1, (len(x0),), device=device)
+        noise = torch.randn_like(x0)
+        a = alpha_bar[t].view(-1, 1, 1, 1)
+        error = (plain_model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, y) - noise).pow(2).mean(dim=(1, 2, 3))
+        snr = alpha_bar[t] / (1 - alpha_bar[t])
+        loss = (snr.clamp(max=cfg.min_snr) / snr * error).mean()
+        plain_optimizer.zero_grad()
+        loss.backward()
+        plain_optimizer.step()
+        return loss.detach()
+    steps["plain"] = plain
+    return steps
+
+
 def style_transfer(device: torch.device) -> Steps:
     """One L-BFGS closure evaluation, against the PyTorch tutorial's loss modules (see style_transfer.py)."""
     from benchmarks import style_transfer as closure
@@ -333,10 +383,10 @@ def style_transfer(device: torch.device) -> Steps:
     return closure.steps(device, full_settings("style_transfer").size)[0]
 
 
-CASES = {f.__name__: f for f in (autoencoder, vae, gan, cgan, dcgan, lstm_basics, text_generation,
+CASES = {f.__name__: f for f in (autoencoder, vae, gan, cgan, dcgan, diffusion, lstm_basics, text_generation,
                                    language_model, style_transfer)}
 #: Chapters whose step is convolution-bound: their GFLOP/s is compared with the convolution peak.
-CONV_BOUND = {"dcgan", "style_transfer"}
+CONV_BOUND = {"dcgan", "diffusion", "style_transfer"}
 
 
 def _peak_rss_mb() -> float:

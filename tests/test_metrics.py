@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from utils import models
 from utils.metrics import frechet_distance
 
 
@@ -109,3 +110,16 @@ def test_a_damaged_cached_classifier_is_retrained_and_an_unwritable_cache_only_w
     with pytest.warns(UserWarning, match="could not be cached"):
         twin = models.fashion_classifier(torch.device("cpu"), epochs=1, train_size=128)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), twin.state_dict().values()))
+
+
+def test_per_class_accuracy_counts_each_class_on_its_own_items():
+    labels = torch.tensor([0, 0, 1, 1, 1, 9])
+    predicted = torch.tensor([0, 3, 1, 1, 2, 9])
+    accuracy = models.per_class_accuracy(predicted, labels)
+    assert accuracy.shape == (10,)
+    assert accuracy[0] == 0.5 and torch.isclose(accuracy[1], torch.tensor(2 / 3)) and accuracy[9] == 1.0
+    assert torch.isnan(accuracy[5])  # no items of class 5: not a misleading 0
+    with pytest.raises(ValueError, match="two 1-d tensors of the same length"):
+        models.per_class_accuracy(predicted, labels[:3])
+    ax = models.plot_per_class(accuracy, accuracy, "samples")
+    assert len(ax.patches) == 20 and [t.get_text() for t in ax.get_xticklabels()] == list(models.FASHION_CLASSES)

@@ -70,7 +70,7 @@ def bf16_fast_path(monkeypatch):
     monkeypatch.setattr(training_steps, "_precisions", lambda device: forced)
 
 
-@pytest.mark.parametrize("chapter", ["dcgan", "gan", "text_generation"])  # conv GAN, MLP GAN, LSTM
+@pytest.mark.parametrize("chapter", ["dcgan", "gan", "text_generation", "diffusion"])  # conv GAN, MLP GAN, LSTM, U-Net
 def test_a_few_bf16_steps_stay_close_to_fp32(bf16_fast_path, chapter):
     torch.manual_seed(0)
     steps = training_steps.CASES[chapter](CPU)

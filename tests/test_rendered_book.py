@@ -112,3 +112,16 @@ def test_results_page_is_a_table_with_one_row_per_chapter(html, browser):
         assert page.evaluate("document.querySelectorAll('.cell_input').length") == 0, "the page's code is hidden"
     finally:
         page.close()
+
+
+def test_diffusion_chapter_shows_its_models_beside_the_gans(html, browser):
+    page, _ = open_page(browser, html / "book" / "diffusion.html")
+    try:
+        rows = page.evaluate("[...document.querySelectorAll('table.comparison-table tbody tr')]"
+                             ".map(r => r.querySelector('td').innerText.trim())")
+        assert [row.split(" (")[0].split(",")[0] for row in rows] == [
+            "GAN", "diffusion", "conditional GAN", "diffusion"], rows
+        links = page.evaluate("[...document.querySelectorAll('table.comparison-table a')].map(a => a.getAttribute('href'))")
+        assert links == ["gan.html", "cgan.html"]
+    finally:
+        page.close()

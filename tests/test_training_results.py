@@ -117,3 +117,13 @@ def test_the_learning_rate_stays_then_decays_linearly_to_zero():
             schedule.step()
     assert rates == [[0.4, 0.2], [0.4, 0.2], [0.4, 0.2], [0.2, 0.1]]
     assert optimizers[0].param_groups[0]["lr"] == 0.0
+
+
+def test_a_table_has_one_cell_per_column_and_rejects_ragged_rows():
+    table = results.table_html(("model", "value"), [["GAN", results.number_text(42.15)],
+                                                     ["diffusion", results.number_text(3340718.3)]], "comparison")
+    assert table.startswith('<table class="comparison"><thead><tr><th>model</th><th>value</th></tr></thead>')
+    assert table.count("<tr>") == 3 and "<td>42.15</td>" in table and "<td>3,340,718</td>" in table
+    assert results.duration_text(59.4) == "59 s" and results.duration_text(90.0) == "1.5 min"
+    with pytest.raises(ValueError, match="a table row has 1 cells for 2 columns"):
+        results.table_html(("model", "value"), [["GAN"]], "comparison")

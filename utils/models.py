@@ -165,3 +165,31 @@ def sample_scores(model: FashionClassifier, samples: torch.Tensor, reference: to
     if requested is not None:
         scores["class_accuracy"] = (predicted == requested.cpu()).float().mean().item()
     return scores
+
+
+def per_class_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """For each Fashion-MNIST class, the share of its items (by ``labels``) predicted as that class (10,).
+
+    A class without items gets NaN rather than a misleading 0.
+    """
+    if predicted.shape != labels.shape or predicted.dim() != 1:
+        raise ValueError(f"predicted and labels must be two 1-d tensors of the same length, got "
+                         f"{tuple(predicted.shape)} and {tuple(labels.shape)}")
+    predicted, labels = predicted.cpu(), labels.cpu()
+    return torch.stack([(predicted[labels == c] == c).float().mean() for c in range(len(FASHION_CLASSES))])
+
+
+def plot_per_class(generated: torch.Tensor, real: torch.Tensor, generated_label: str, ax=None):
+    """Bars of two per-class accuracies (10,) side by side: generated samples and real test images."""
+    import matplotlib.pyplot as plt  # only chapters that plot need it
+
+    if ax is None:
+        ax = plt.subplots(figsize=(10, 3.2))[1]
+    positions = np.arange(len(FASHION_CLASSES))
+    ax.bar(positions - 0.2, torch.as_tensor(generated).cpu().numpy(), width=0.4, label=generated_label)
+    ax.bar(positions + 0.2, torch.as_tensor(real).cpu().numpy(), width=0.4, label="real test images of the class")
+    ax.set_xticks(positions, FASHION_CLASSES, rotation=30)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("classified as requested")
+    ax.legend(loc="lower left")
+    return ax

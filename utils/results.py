@@ -169,15 +169,30 @@ def toc_order() -> list[str]:
     return re.findall(r"^\s*-\s*file:\s*book/(\w+)\s*$", toc.read_text(), flags=re.M)
 
 
-def _number(value: float | int) -> str:
+def number_text(value: float | int) -> str:
     """A value as a reader reads it: 0.0262, 99.16, 3,340,718 (no exponent notation)."""
     if isinstance(value, int) or abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:.4g}"
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """A wall time as a reader reads it: seconds under a minute, else minutes."""
     return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def table_html(header: Sequence[str], rows: Sequence[Sequence[str]], css_class: str) -> str:
+    """An HTML table (the book renders it as a table; a markdown table in a code output would stay text).
+
+    Cells are inserted as given, so callers escape text with ``html.escape``; ``rows`` must all have
+    as many cells as ``header``.
+    """
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a table row has {len(row)} cells for {len(header)} columns: {list(row)}")
+    head = "".join(f"<th>{c}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def summary_html(order: Sequence[str] | None = None) -> str:
@@ -192,14 +207,12 @@ def summary_html(order: Sequence[str] | None = None) -> str:
     for r in records:
         h = r["headline"]
         cells = [f'<a href="{r["chapter"]}.html">{html.escape(r["chapter"])}</a>',
-                 f"<code>{html.escape(h['metric'])}</code>", _number(r["metrics"][h["metric"]]),
+                 f"<code>{html.escape(h['metric'])}</code>", number_text(r["metrics"][h["metric"]]),
                  html.escape(h["meaning"]), html.escape(h["reference"]), html.escape(r["device"]),
-                 _duration(r["wall_time_s"])]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{c}</th>" for c in ("chapter", "headline metric", "value", "how to read it",
-                                              "compared with", "device", "wall time"))
-    table = (f'<table class="results-table"><thead><tr>{head}</tr></thead>'
-             f"<tbody>{''.join(rows)}</tbody></table>")
+                 duration_text(r["wall_time_s"])]
+        rows.append(cells)
+    table = table_html(("chapter", "headline metric", "value", "how to read it", "compared with", "device",
+                        "wall time"), rows, "results-table")
     if skipped:
         items = "".join(f"<li>{html.escape(s)}</li>" for s in skipped)
         table += f'<p class="results-skipped">Skipped results files:</p><ul>{items}</ul>'
