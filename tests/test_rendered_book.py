@@ -1,12 +1,16 @@
-"""The rendered book as a reader meets it: every page opened in headless Chromium, offline.
+"""The rendered book as a reader meets it: every page opened in headless Chromium,
+offline.
 
-Builds the book into a temporary folder, opens each page of the table of contents with Playwright
-driving the system's Chromium (no browser download), and checks the whole page: its title, that every
-image loaded, that the figures shown are the figures stored in the notebook, that math was typeset and
-no raw TeX or markdown table syntax is left, that the results page holds one table row per chapter, and
-that nothing was requested from outside the book. A full-page screenshot of each page is kept in
-``_build/screenshots/``. Skipped where Chromium or Playwright is missing (``.ci/run`` installs both).
+Builds the book into a temporary folder, opens each page of the table of contents with
+Playwright driving the system's Chromium (no browser download), and checks the whole
+page: its title, that every image loaded, that the figures shown are the figures stored
+in the notebook, that math was typeset and no raw TeX or markdown table syntax is left,
+that the results page holds one table row per chapter, and that nothing was requested
+from outside the book. A full-page screenshot of each page is kept in
+``_build/screenshots/``. Skipped where Chromium or Playwright is missing (``.ci/run``
+installs both).
 """
+
 import re
 import shutil
 import subprocess
@@ -15,22 +19,49 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from test_book import CHAPTERS, ROOT, toc_files
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--no-first-run", "--disable-quic", "--disable-sync"]
+CHROMIUM = (
+    shutil.which("chromium")
+    or shutil.which("chromium-browser")
+    or shutil.which("google-chrome")
+)
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
+)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"
+)
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def html(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("book")
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    subprocess.run([str(jupyter_book), "build", "-W", "-n", "--keep-going", "--path-output", str(out), str(ROOT)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            str(jupyter_book),
+            "build",
+            "-W",
+            "-n",
+            "--keep-going",
+            "--path-output",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return out / "_build" / "html"
 
 
@@ -52,19 +83,29 @@ def stored_figures(page: str) -> int:
         tags = set(cell.metadata.get("tags", []))
         if cell.cell_type != "code" or tags & {"remove-cell", "remove-output"}:
             continue
-        count += sum(1 for o in cell.outputs if {"image/png", "image/jpeg"} & set(o.get("data", {})))
+        count += sum(
+            1
+            for o in cell.outputs
+            if {"image/png", "image/jpeg"} & set(o.get("data", {}))
+        )
     return count
 
 
 def open_page(browser, path: Path) -> tuple:
-    """The loaded page and every URL it requested; requests that leave the book are blocked."""
+    """The loaded page and every URL it requested; requests that leave the book are
+    blocked."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     requested = []
     page.on("request", lambda request: requested.append(request.url))
     page.route(re.compile(r"^https?://"), lambda route: route.abort())
     page.goto(path.as_uri(), wait_until="load", timeout=60_000)
-    page.evaluate("async () => { if (window.MathJax && MathJax.startup) { await MathJax.startup.promise; } }")
-    page.wait_for_function("[...document.images].every(i => i.complete)", timeout=30_000)
+    page.evaluate(
+        "async () => { if (window.MathJax && MathJax.startup) { await "
+        "MathJax.startup.promise; } }"
+    )
+    page.wait_for_function(
+        "[...document.images].every(i => i.complete)", timeout=30_000
+    )
     return page, requested
 
 
@@ -79,26 +120,54 @@ def test_page_renders_completely_offline(html, browser, name):
         page.screenshot(path=str(shots / f"{Path(name).stem}.png"), full_page=True)
 
         external = [url for url in requested if re.match(r"^https?://", url)]
-        assert external == [], f"the page requested resources from outside the book: {external}"
+        assert external == [], (
+            f"the page requested resources from outside the book: {external}"
+        )
         assert page.inner_text("h1").strip(), "the page has no title"
-        broken = page.evaluate("[...document.images].filter(i => i.naturalWidth === 0).map(i => i.src)")
+        broken = page.evaluate(
+            "[...document.images].filter(i => i.naturalWidth === 0).map(i => i.src)"
+        )
         assert broken == [], f"images that did not load: {broken}"
         shown = page.evaluate("document.querySelectorAll('.cell_output img').length")
-        assert shown == stored_figures(name), "every figure stored in the notebook is shown, and only those"
+        assert shown == stored_figures(name), (
+            "every figure stored in the notebook is shown, and only those"
+        )
         if name in CHAPTERS:
             assert shown >= 3
 
-        if re.search(r'class="math[ "]', path.read_text()):  # the page has math for MathJax to typeset
-            assert page.evaluate("document.querySelectorAll('mjx-container').length") > 0, "math was not typeset"
+        if re.search(
+            r'class="math[ "]', path.read_text()
+        ):  # the page has math for MathJax to typeset
+            assert (
+                page.evaluate("document.querySelectorAll('mjx-container').length") > 0
+            ), "math was not typeset"
         text = page.evaluate("""() => {
             const copy = document.querySelector('main, article, body').cloneNode(true);
-            copy.querySelectorAll('pre, code, mjx-container, script, style').forEach(e => e.remove());
+            copy.querySelectorAll('pre, code, mjx-container, script, style')
+                .forEach(e => e.remove());
             return copy.innerText;
         }""")
-        assert "$$" not in text and "\\[" not in text and "\\begin{" not in text, "raw TeX left on the page"
-        assert not re.search(r"^\s*\|.*\|\s*$\n^\s*\|\s*-{3,}", text, re.M), "raw markdown table syntax on the page"
-        assert "Colab only" not in text and "google.colab" not in text, "the Colab cell is shown to readers"
+        assert "$$" not in text and "\\[" not in text and "\\begin{" not in text, (
+            "raw TeX left on the page"
+        )
+        assert not re.search(r"^\s*\|.*\|\s*$\n^\s*\|\s*-{3,}", text, re.M), (
+            "raw markdown table syntax on the page"
+        )
+        assert "Colab only" not in text and "google.colab" not in text, (
+            "the Colab cell is shown to readers"
+        )
         assert "NBVAL" not in page.content(), "test machinery is visible"
+        cut = page.evaluate("""() => [
+                ...document.querySelectorAll('.cell_input pre, div.highlight pre')
+            ]
+            .filter(e => !e.closest('.cell_output'))
+            .filter(e => e.scrollWidth > e.clientWidth + 1)
+            .map(e => e.innerText.split('\\n')
+                .reduce((a, b) => a.length >= b.length ? a : b))""")
+        assert cut == [], (
+            "code wider than the page's column, so "
+            f"readers must scroll sideways: {cut[:3]}"
+        )
     finally:
         page.close()
 
@@ -106,10 +175,14 @@ def test_page_renders_completely_offline(html, browser, name):
 def test_results_page_is_a_table_with_one_row_per_chapter(html, browser):
     page, _ = open_page(browser, html / "book" / "results.html")
     try:
-        rows = page.evaluate("[...document.querySelectorAll('table.results-table tbody tr')]"
-                             ".map(r => r.querySelector('td').innerText.trim())")
+        rows = page.evaluate(
+            "[...document.querySelectorAll('table.results-table tbody tr')]"
+            ".map(r => r.querySelector('td').innerText.trim())"
+        )
         assert rows == [Path(c).stem for c in CHAPTERS]
-        assert page.evaluate("document.querySelectorAll('.cell_input').length") == 0, "the page's code is hidden"
+        assert page.evaluate("document.querySelectorAll('.cell_input').length") == 0, (
+            "the page's code is hidden"
+        )
     finally:
         page.close()
 
@@ -117,11 +190,20 @@ def test_results_page_is_a_table_with_one_row_per_chapter(html, browser):
 def test_diffusion_chapter_shows_its_models_beside_the_gans(html, browser):
     page, _ = open_page(browser, html / "book" / "diffusion.html")
     try:
-        rows = page.evaluate("[...document.querySelectorAll('table.comparison-table tbody tr')]"
-                             ".map(r => r.querySelector('td').innerText.trim())")
+        rows = page.evaluate(
+            "[...document.querySelectorAll('table.comparison-table tbody tr')]"
+            ".map(r => r.querySelector('td').innerText.trim())"
+        )
         assert [row.split(" (")[0].split(",")[0] for row in rows] == [
-            "GAN", "diffusion", "conditional GAN", "diffusion"], rows
-        links = page.evaluate("[...document.querySelectorAll('table.comparison-table a')].map(a => a.getAttribute('href'))")
+            "GAN",
+            "diffusion",
+            "conditional GAN",
+            "diffusion",
+        ], rows
+        links = page.evaluate(
+            "[...document.querySelectorAll('table.comparison-table a')]"
+            ".map(a => a.getAttribute('href'))"
+        )
         assert links == ["gan.html", "cgan.html"]
     finally:
         page.close()

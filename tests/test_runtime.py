@@ -4,7 +4,9 @@ import torch
 from utils import runtime
 
 
-@pytest.mark.parametrize("value, smoke", [("1", True), ("true", True), ("0", False), ("", False)])
+@pytest.mark.parametrize(
+    "value, smoke", [("1", True), ("true", True), ("0", False), ("", False)]
+)
 def test_profile_switch(monkeypatch, value, smoke):
     monkeypatch.setenv(runtime.SMOKE_ENV, value)
     assert runtime.is_smoke() is smoke

@@ -1,5 +1,7 @@
-"""Where files come from and how they are verified: every property of utils.sources, on damaged copies,
-a local HTTP server on 127.0.0.1 and several processes filling one cache at once."""
+"""Where files come from and how they are verified: every property of utils.sources, on
+damaged copies, a local HTTP server on 127.0.0.1 and several processes filling one cache
+at once."""
+
 import hashlib
 import http.server
 import json
@@ -17,10 +19,14 @@ from utils import runtime, sources
 A, B = b"alpha file\n" * 50, b"beta file\n" * 70
 SPEC = sources.FileSet(
     name="the Toy dataset",
-    files=(sources.Expected("a.txt", md5=hashlib.md5(A).hexdigest()),
-           sources.Expected("b.txt", sha256=hashlib.sha256(B).hexdigest())),
-    subdirs=("Toy/raw", "Toy"), mirrors=("http://mirror-one.invalid/", "http://mirror-two.invalid/"),
-    how_to="Ask a friend for the files.")
+    files=(
+        sources.Expected("a.txt", md5=hashlib.md5(A).hexdigest()),
+        sources.Expected("b.txt", sha256=hashlib.sha256(B).hexdigest()),
+    ),
+    subdirs=("Toy/raw", "Toy"),
+    mirrors=("http://mirror-one.invalid/", "http://mirror-two.invalid/"),
+    how_to="Ask a friend for the files.",
+)
 GOOD = {"a.txt": A, "b.txt": B}
 
 
@@ -39,22 +45,34 @@ def _serve_good(url, dest, expected):
     return sources.write_bytes_atomic(dest, GOOD[dest.name])
 
 
-# --- Verification --------------------------------------------------------------------------------
+# --- Verification ---------------------------------------------------------------------
+
 
 def test_expected_checks_checksums_emptiness_and_structure(tmp_path):
     path = tmp_path / "a.txt"
     path.write_bytes(A)
-    assert sources.Expected("a.txt", md5=hashlib.md5(A).hexdigest()).problem(path) is None
-    assert sources.Expected("a.txt", sha256=hashlib.sha256(A).hexdigest()[:8]).problem(path) is None  # a prefix
+    assert (
+        sources.Expected("a.txt", md5=hashlib.md5(A).hexdigest()).problem(path) is None
+    )
+    prefix = sources.Expected("a.txt", sha256=hashlib.sha256(A).hexdigest()[:8])
+    assert prefix.problem(path) is None
     wrong = sources.Expected("a.txt", md5="0" * 32, source="published for Toy")
-    assert "MD5 is" in wrong.problem(path) and "expected 00000000" in wrong.problem(path)
-    with pytest.raises(sources.BadFileError, match=r"a.txt is not the expected a.txt: MD5 .*Delete or replace it"):
+    problem = wrong.problem(path)
+    assert "MD5 is" in problem and "expected 00000000" in problem
+    with pytest.raises(
+        sources.BadFileError,
+        match=r"a.txt is not the expected a.txt: MD5 .*Delete or replace it",
+    ):
         wrong.verify(path)
 
     def no_alpha(p):
         if p.read_bytes().startswith(b"alpha"):
             raise sources.BadFileError("it starts with alpha")
-    assert sources.Expected("a.txt", check=no_alpha).problem(path) == "it starts with alpha"
+
+    assert (
+        sources.Expected("a.txt", check=no_alpha).problem(path)
+        == "it starts with alpha"
+    )
     empty = tmp_path / "empty.txt"
     empty.touch()
     assert sources.Expected("empty.txt").problem(empty) == "the file is empty"
@@ -66,8 +84,11 @@ def test_a_gzip_file_may_match_by_its_content(tmp_path):
     content = b"idx content" * 100
     path = tmp_path / "x.gz"
     path.write_bytes(gzip.compress(content, mtime=0))
-    expected = sources.Expected("x.gz", md5="0" * 32, gunzip_sha256=hashlib.sha256(content).hexdigest())
-    assert expected.problem(path) is None  # a re-compressed copy: other bytes, same content
+    expected = sources.Expected(
+        "x.gz", md5="0" * 32, gunzip_sha256=hashlib.sha256(content).hexdigest()
+    )
+    # a re-compressed copy: other bytes, same content
+    assert expected.problem(path) is None
     path.write_bytes(gzip.compress(content + b"!", mtime=0))
     assert "unzipped content" in expected.problem(path)
     path.write_bytes(gzip.compress(content)[:-9])  # truncated gzip stream
@@ -84,7 +105,8 @@ def test_a_changed_file_is_verified_again(tmp_path):
     assert expected.problem(path) is not None
 
 
-# --- locate: the order of sources, and damaged files ----------------------------------------------
+# --- locate: the order of sources, and damaged files ----------------------------------
+
 
 def test_data_folder_comes_first(data_home):
     _write(data_home / "Toy", GOOD)
@@ -92,8 +114,14 @@ def test_data_folder_comes_first(data_home):
 
 
 @pytest.mark.parametrize("damage", ["altered", "truncated", "empty"])
-def test_a_damaged_data_folder_file_is_never_used_or_copied(data_home, cache_home, damage):
-    bad = {"altered": A.replace(b"alpha", b"ALPHA"), "truncated": A[:100], "empty": b""}[damage]
+def test_a_damaged_data_folder_file_is_never_used_or_copied(
+    data_home, cache_home, damage
+):
+    bad = {
+        "altered": A.replace(b"alpha", b"ALPHA"),
+        "truncated": A[:100],
+        "empty": b"",
+    }[damage]
     _write(data_home / "Toy", {"a.txt": bad, "b.txt": B})
     fetched = []
 
@@ -104,7 +132,9 @@ def test_a_damaged_data_folder_file_is_never_used_or_copied(data_home, cache_hom
     folder = sources.locate(SPEC, fetch=serve)
     assert folder == cache_home / "Toy/raw" and fetched == ["a.txt", "b.txt"]
     assert (folder / "a.txt").read_bytes() == A  # the good copy, not the damaged one
-    assert (data_home / "Toy" / "a.txt").read_bytes() == bad  # the data folder is only read
+    assert (
+        data_home / "Toy" / "a.txt"
+    ).read_bytes() == bad  # the data folder is only read
 
 
 def test_the_error_names_each_damaged_file_and_the_reason(data_home, monkeypatch):
@@ -112,7 +142,10 @@ def test_the_error_names_each_damaged_file_and_the_reason(data_home, monkeypatch
     with pytest.raises(sources.DatasetNotFoundError) as err:
         sources.locate(SPEC, fetch=_no_network)
     message = str(err.value)
-    assert f"data folder: {data_home / 'Toy'} (a.txt: the file is empty; b.txt: SHA-256 is" in message
+    assert (
+        f"data folder: {data_home / 'Toy'} (a.txt: the file is empty; b.txt: SHA-256 is"
+        in message
+    )
     assert "network unreachable" in message and "Ask a friend" in message
 
 
@@ -134,14 +167,20 @@ def test_a_zero_byte_or_damaged_cache_entry_is_fetched_again(data_home, cache_ho
         return _serve_good(url, dest, expected)
 
     assert sources.locate(SPEC, fetch=serve) == cache_home / "Toy/raw"
-    assert fetched == ["a.txt", "b.txt"] and (cache_home / "Toy/raw/b.txt").read_bytes() == B
+    assert (
+        fetched == ["a.txt", "b.txt"]
+        and (cache_home / "Toy/raw/b.txt").read_bytes() == B
+    )
 
 
 def test_a_fetch_that_delivers_a_wrong_file_is_not_kept(data_home, cache_home):
     def wrong(url, dest, expected):
         return sources.write_bytes_atomic(dest, b"a wrong file")
 
-    with pytest.raises(sources.DatasetNotFoundError, match=r"online: http://mirror-one.invalid/ \(BadFileError"):
+    with pytest.raises(
+        sources.DatasetNotFoundError,
+        match=r"online: http://mirror-one.invalid/ \(BadFileError",
+    ):
         sources.locate(SPEC, fetch=wrong)
 
 
@@ -156,9 +195,13 @@ def test_online_is_tried_mirror_by_mirror_and_then_cached(data_home, cache_home)
 
     assert sources.locate(SPEC, fetch=fetch) == cache_home / "Toy/raw"
     assert list(data_home.iterdir()) == []
-    assert calls == ["http://mirror-one.invalid/a.txt", "http://mirror-two.invalid/a.txt",
-                     "http://mirror-two.invalid/b.txt"]
-    assert sources.locate(SPEC, fetch=_no_network) == cache_home / "Toy/raw"  # found, verified, not fetched
+    assert calls == [
+        "http://mirror-one.invalid/a.txt",
+        "http://mirror-two.invalid/a.txt",
+        "http://mirror-two.invalid/b.txt",
+    ]
+    # found, verified, not fetched
+    assert sources.locate(SPEC, fetch=_no_network) == cache_home / "Toy/raw"
 
 
 def test_offline_package_folders_are_verified_too(data_home, tmp_path):
@@ -166,7 +209,9 @@ def test_offline_package_folders_are_verified_too(data_home, tmp_path):
     bad = _write(tmp_path / "usr/share/bad", {"a.txt": A, "b.txt": b"x"})
     spec = sources.FileSet(**{**SPEC.__dict__, "offline": (bad, good)})
     assert sources.locate(spec, fetch=_no_network) == good
-    spec = sources.FileSet(**{**SPEC.__dict__, "offline": (bad, tmp_path / "not-installed")})
+    spec = sources.FileSet(
+        **{**SPEC.__dict__, "offline": (bad, tmp_path / "not-installed")}
+    )
     with pytest.raises(sources.DatasetNotFoundError) as err:
         sources.locate(spec, fetch=_no_network)
     assert f"offline package folder: {bad} (b.txt: SHA-256" in str(err.value)
@@ -178,38 +223,65 @@ def test_a_fetch_function_is_checked_like_a_download(data_home, cache_home):
         sources.write_bytes_atomic(folder / "a.txt", A)
         sources.write_bytes_atomic(folder / "b.txt", B)
 
-    spec = sources.FileSet(name="a built dataset", files=SPEC.files, subdirs=("built",), fetch=build,
-                           fetch_from="the builder")
+    spec = sources.FileSet(
+        name="a built dataset",
+        files=SPEC.files,
+        subdirs=("built",),
+        fetch=build,
+        fetch_from="the builder",
+    )
     assert sources.locate(spec) == cache_home / "built"
-    lazy = sources.FileSet(name="a lazy dataset", files=SPEC.files, subdirs=("lazy",), fetch=lambda folder: None,
-                           fetch_from="the lazy builder")
-    with pytest.raises(sources.DatasetNotFoundError, match=r"online: the lazy builder \(BadFileError: it did not "
-                                                           r"write the expected files: a.txt missing"):
+    lazy = sources.FileSet(
+        name="a lazy dataset",
+        files=SPEC.files,
+        subdirs=("lazy",),
+        fetch=lambda folder: None,
+        fetch_from="the lazy builder",
+    )
+    with pytest.raises(
+        sources.DatasetNotFoundError,
+        match=(
+            r"online: the lazy builder \(BadFileError: it did not "
+            r"write the expected files: a.txt missing"
+        ),
+    ):
         sources.locate(lazy)
 
 
 def test_offline_switch_skips_the_network_and_is_strict(data_home, monkeypatch):
     monkeypatch.setenv(sources.OFFLINE_ENV, "1")
-    with pytest.raises(sources.DatasetNotFoundError, match="skipped because GDL_OFFLINE"):
+    with pytest.raises(
+        sources.DatasetNotFoundError, match="skipped because GDL_OFFLINE"
+    ):
         sources.locate(SPEC, fetch=lambda *a: pytest.fail("fetched although offline"))
     monkeypatch.setenv(sources.OFFLINE_ENV, "maybe")
-    with pytest.raises(ValueError, match=r"GDL_OFFLINE='maybe' is not a valid switch value"):
+    with pytest.raises(
+        ValueError, match=r"GDL_OFFLINE='maybe' is not a valid switch value"
+    ):
         sources.locate(SPEC, fetch=_no_network)
 
 
-# --- Downloads from a real (local) HTTP server ------------------------------------------------------
+# --- Downloads from a real (local) HTTP server ----------------------------------------
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 -- the http.server API
-        if self.path == "/short/a.txt":  # promises more bytes than it sends, then closes
+        if (
+            self.path == "/short/a.txt"
+        ):  # promises more bytes than it sends, then closes
             self.send_response(200)
             self.send_header("Content-Length", str(len(A)))
             self.end_headers()
             self.wfile.write(A[:50])
             self.wfile.flush()
             self.close_connection = True
-        elif self.path == "/portal/a.txt":  # a captive portal answers every URL with its web page
-            page = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Wi-Fi</body></html>"
+        elif (
+            self.path == "/portal/a.txt"
+        ):  # a captive portal answers every URL with its web page
+            page = (
+                b"<!DOCTYPE html><html><head><title>Sign "
+                b"in</title></head><body>Wi-Fi</body></html>"
+            )
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(page)))
@@ -231,7 +303,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.timeout = 5
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+    )
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -242,31 +316,50 @@ def test_a_download_cut_short_is_not_kept(server, tmp_path):
     dest = tmp_path / "out" / "a.txt"
     with pytest.raises(Exception, match="cut short|IncompleteRead"):
         sources.download(f"{server}/short/a.txt", dest, timeout=5)
-    assert not dest.exists() and list((tmp_path / "out").iterdir()) == []  # no partial or temporary file
-    assert sources.download(f"{server}/good/a.txt", dest, SPEC.files[0], timeout=5).read_bytes() == A
+    # no partial or temporary file
+    assert not dest.exists() and list((tmp_path / "out").iterdir()) == []
+    assert (
+        sources.download(
+            f"{server}/good/a.txt", dest, SPEC.files[0], timeout=5
+        ).read_bytes()
+        == A
+    )
 
 
 def test_a_captive_portal_page_is_never_returned(server, data_home, cache_home):
     from utils.data import text_check
 
-    spec = sources.FileSet(name="a text", files=(sources.Expected("a.txt", check=text_check(100, 10_000)),),
-                           subdirs=("text",), mirrors=(f"{server}/portal/",))
+    spec = sources.FileSet(
+        name="a text",
+        files=(sources.Expected("a.txt", check=text_check(100, 10_000)),),
+        subdirs=("text",),
+        mirrors=(f"{server}/portal/",),
+    )
     for _ in range(2):  # and not on a later run either: nothing was cached
-        with pytest.raises(sources.DatasetNotFoundError, match="it is a web page, not the text"):
+        with pytest.raises(
+            sources.DatasetNotFoundError, match="it is a web page, not the text"
+        ):
             sources.locate(spec)
     assert not (cache_home / "text" / "a.txt").exists()
 
 
 def test_an_unreachable_server_fails_fast(data_home):
-    spec = sources.FileSet(name="the Toy dataset", files=(sources.Expected("a.txt"),), subdirs=("Toy",),
-                           mirrors=("http://127.0.0.1:9/",))  # nothing listens on port 9
+    spec = sources.FileSet(
+        name="the Toy dataset",
+        files=(sources.Expected("a.txt"),),
+        subdirs=("Toy",),
+        mirrors=("http://127.0.0.1:9/",),  # nothing listens on port 9
+    )
     start = time.perf_counter()
-    with pytest.raises(sources.DatasetNotFoundError, match=r"online: http://127.0.0.1:9/ \(URLError"):
+    with pytest.raises(
+        sources.DatasetNotFoundError, match=r"online: http://127.0.0.1:9/ \(URLError"
+    ):
         sources.locate(spec)
     assert time.perf_counter() - start < 15
 
 
-# --- Atomic writes and concurrent cache fills ----------------------------------------------------------
+# --- Atomic writes and concurrent cache fills -----------------------------------------
+
 
 def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
     dest = tmp_path / "f.bin"
@@ -275,19 +368,26 @@ def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
         with sources.atomic_path(dest) as tmp:
             tmp.write_bytes(b"half")
             raise RuntimeError("interrupted")
-    assert dest.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+    assert dest.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [
+        "f.bin"
+    ]
 
 
 _FILL = textwrap.dedent("""
     import hashlib, json, sys
     from pathlib import Path
     from utils import sources
-    mirror, checks = Path(sys.argv[1]), Path(sys.argv[2])  # the payloads, and each one's expected SHA-256
+    # the payloads, and each one's expected SHA-256
+    mirror, checks = Path(sys.argv[1]), Path(sys.argv[2])
     names = ["f%d.bin" % i for i in range(4)]
-    spec = sources.FileSet(name="shared", subdirs=("shared",), mirrors=(mirror.as_uri() + "/",),
-        files=tuple(sources.Expected(n, sha256=(checks / n).read_text()) for n in names))
+    files = tuple(sources.Expected(n, sha256=(checks / n).read_text()) for n in names)
+    mirrors = (mirror.as_uri() + "/",)
+    spec = sources.FileSet(
+        name="shared", subdirs=("shared",), mirrors=mirrors, files=files
+    )
     folder = sources.locate(spec)
-    print(json.dumps({n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names}))
+    sums = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names}
+    print(json.dumps(sums))
 """)
 
 
@@ -303,29 +403,63 @@ def test_processes_filling_one_cache_at_once_all_get_the_same_whole_files(tmp_pa
     checks.mkdir()
     for name, digest in digests.items():
         (checks / name).write_text(digest)
-    env = {"GDL_CACHE_DIR": str(tmp_path / "cache"), "GDL_DATA_DIR": str(tmp_path / "empty"),
-           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    procs = [subprocess.Popen([sys.executable, "-c", _FILL, str(mirror), str(checks)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    env = {
+        "GDL_CACHE_DIR": str(tmp_path / "cache"),
+        "GDL_DATA_DIR": str(tmp_path / "empty"),
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FILL, str(mirror), str(checks)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     results = [p.communicate(timeout=120) for p in procs]
     for (out, err), proc in zip(results, procs):
         assert proc.returncode == 0, err
         assert json.loads(out) == digests
-    leftovers = [p.name for p in (tmp_path / "cache" / "shared").iterdir() if p.name not in digests]
+    leftovers = [
+        p.name
+        for p in (tmp_path / "cache" / "shared").iterdir()
+        if p.name not in digests
+    ]
     assert leftovers == []  # no temporary files left
 
 
-# --- Strict switches ---------------------------------------------------------------------------------
+# --- Strict switches ------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, on", [("1", True), ("TRUE", True), (" yes ", True), ("on", True),
-                                       ("0", False), ("false", False), ("no", False), ("off", False), ("", False)])
+
+@pytest.mark.parametrize(
+    "value, on",
+    [
+        ("1", True),
+        ("TRUE", True),
+        (" yes ", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        ("off", False),
+        ("", False),
+    ],
+)
 def test_switch_values_that_are_accepted(monkeypatch, value, on):
     monkeypatch.setenv("GDL_SOME_SWITCH", value)
     assert runtime.env_flag("GDL_SOME_SWITCH") is on
 
 
 @pytest.mark.parametrize("value", ["ture", "2", "smoke", "full", "1 0"])
-def test_a_mistyped_switch_is_an_error_naming_the_variable_and_values(monkeypatch, value):
+def test_a_mistyped_switch_is_an_error_naming_the_variable_and_values(
+    monkeypatch, value
+):
     monkeypatch.setenv(runtime.SMOKE_ENV, value)
-    with pytest.raises(ValueError, match=rf"GDL_SMOKE='{value}' is not a valid switch value; use 1, true"):
+    with pytest.raises(
+        ValueError,
+        match=rf"GDL_SMOKE='{value}' is not a valid switch value; use 1, true",
+    ):
         runtime.is_smoke()

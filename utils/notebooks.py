@@ -2,13 +2,15 @@
 
 Usage: ``python -m utils.notebooks book/autoencoder.ipynb [more.ipynb ...]``.
 
-What can be cleaned is cleaned when the outputs are stored: progress bars are plain text (see
-:func:`utils.training.progress`) and only each loop's final bar is kept, streams keep only what a
-terminal would finally show, and per-cell execution timestamps are dropped. What cannot be cleaned
-without hiding something (an absolute path, a warning on stderr, a stray object repr, an oversized
-figure) is reported by :func:`problems`, and the run fails so the chapter gets fixed; the book's tests
-apply the same checks to every committed notebook.
+What can be cleaned is cleaned when the outputs are stored: progress bars are plain text
+(see :func:`utils.training.progress`) and only each loop's final bar is kept, streams
+keep only what a terminal would finally show, and per-cell execution timestamps are
+dropped. What cannot be cleaned without hiding something (an absolute path, a warning on
+stderr, a stray object repr, an oversized figure) is reported by :func:`problems`, and
+the run fails so the chapter gets fixed; the book's tests apply the same checks to every
+committed notebook.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,15 +23,28 @@ from pathlib import Path
 from .runtime import is_smoke
 
 _OVERWRITTEN = re.compile(r"[^\n]*\r(?!\n)")
-#: A tqdm text bar: "<desc>:  40%|████      | 4/10 [00:01<00:02, 2.5it/s]" (the description may be empty).
+#: A tqdm text bar: "<desc>:  40%|████      | 4/10 [00:01<00:02, 2.5it/s]" (the
+#: description may be empty).
 _BAR = re.compile(r"^(?P<desc>.*?):?\s*\d+%\|.*\|\s*\d+/\d+ \[.*\]\s*$")
-#: Stored figures are capped: at most this many pixels wide and this many bytes (PNG or JPEG).
+#: A bar that a print inside the loop continued on the same line ("<bar>step 250: ...").
+_BAR_THEN_TEXT = re.compile(
+    r"^[^\n]*?\d+%\|[^|\n]*\|\s*\d+/\d+ \[[^\]\n]*\](?=\S)", re.M
+)
+#: Stored figures are capped: at most this many pixels wide and this many bytes (PNG or
+#: JPEG).
 MAX_FIGURE_WIDTH = 1600
 MAX_FIGURE_BYTES = 400_000
-#: Absolute paths of a machine: a Unix home, root, temporary or work folder, or a Windows drive.
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])(/(?:home|root|tmp|work|Users|var|opt|mnt|private)/[^\s'\"]+|[A-Z]:\\\\[^\s'\"]+)")
-#: Reprs that say nothing to a reader: "<matplotlib... at 0x...>", "Text(0.5, 1.0, '...')", "[<matplotlib...>]".
-_STRAY_REPR = re.compile(r"^\[?<[\w.]+ (object )?at 0x[0-9a-f]+>|^\[?(Text|Line2D|<matplotlib)\b.*\)\]?$|^<IPython\.")
+#: Absolute paths of a machine: a Unix home, root, temporary or work folder, or a
+#: Windows drive.
+_ABSOLUTE_PATH = re.compile(
+    r"(?<![\w.~])(/(?:home|root|tmp|work|Users|var|opt|mnt|private)/[^\s'\"]+|[A-Z]:\\\\[^\s'\"]+)"
+)
+#: Reprs that say nothing to a reader: "<matplotlib... at 0x...>",
+#: "Text(0.5, 1.0, '...')", "[<matplotlib...>]".
+_STRAY_REPR = re.compile(
+    r"^\[?<[\w.]+ (object )?at "
+    r"0x[0-9a-f]+>|^\[?(Text|Line2D|<matplotlib)\b.*\)\]?$|^<IPython\."
+)
 
 
 def final_text(text: str) -> str:
@@ -38,42 +53,60 @@ def final_text(text: str) -> str:
 
 
 def _keep_final_bars(cell) -> None:
-    """Within a cell, keep only the last state of each progress bar (bars are told apart by their
-    description), so a loop that shows figures between epochs stores one bar, not one per figure."""
+    """Within a cell, keep only the last state of each progress bar (bars are told apart
+    by their description), so a loop that shows figures between epochs stores one bar,
+    not one per figure."""
     streams = [out for out in cell.outputs if out.output_type == "stream"]
     lines = [out.text.split("\n") for out in streams]
-    bars = {(i, j): match.group("desc") for i, text in enumerate(lines) for j, line in enumerate(text)
-            if (match := _BAR.match(line))}
-    last = {desc: position for position, desc in bars.items()}  # positions ascend: the last one wins
+    bars = {
+        (i, j): match.group("desc")
+        for i, text in enumerate(lines)
+        for j, line in enumerate(text)
+        if (match := _BAR.match(line))
+    }
+    # positions ascend: the last one wins
+    last = {desc: position for position, desc in bars.items()}
     for i, out in enumerate(streams):
-        out.text = "\n".join(line for j, line in enumerate(lines[i])
-                              if (i, j) not in bars or last[bars[(i, j)]] == (i, j))
-    cell.outputs = [out for out in cell.outputs if out.output_type != "stream" or out.text.strip()]
+        out.text = "\n".join(
+            line
+            for j, line in enumerate(lines[i])
+            if (i, j) not in bars or last[bars[(i, j)]] == (i, j)
+        )
+    cell.outputs = [
+        out for out in cell.outputs if out.output_type != "stream" or out.text.strip()
+    ]
 
 
 def clean_outputs(nb) -> None:
-    """Merge consecutive stream outputs of a cell, drop text that ``\\r`` overwrote, keep one final bar
-    per loop, and drop per-cell execution metadata (timestamps that change on every run)."""
+    """Merge consecutive stream outputs of a cell, drop text that ``\\r`` overwrote,
+    keep one final bar per loop, and drop per-cell execution metadata (timestamps that
+    change on every run)."""
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
             continue
         merged: list = []
         for out in cell.outputs:
-            if (out.output_type == "stream" and merged and merged[-1].output_type == "stream"
-                    and merged[-1].name == out.name):
+            if (
+                out.output_type == "stream"
+                and merged
+                and merged[-1].output_type == "stream"
+                and merged[-1].name == out.name
+            ):
                 merged[-1].text += out.text
             else:
                 merged.append(out)
         for out in merged:
             if out.output_type == "stream":
-                out.text = final_text(out.text)
+                # a bar interrupted by a print keeps the printed line, not the bar
+                out.text = _BAR_THEN_TEXT.sub("", final_text(out.text))
         cell.outputs = merged
         _keep_final_bars(cell)
 
 
 def figure_size(out) -> tuple[str, int, int] | None:
-    """(format, width in pixels, bytes) of a stored PNG or JPEG figure, or None for other outputs."""
+    """(format, width in pixels, bytes) of a stored PNG or JPEG figure, or None for
+    other outputs."""
     data = out.get("data", {})
     for mime in ("image/png", "image/jpeg"):
         if mime in data:
@@ -89,16 +122,17 @@ def figure_size(out) -> tuple[str, int, int] | None:
 def _jpeg_width(raw: bytes) -> int:
     i = 2
     while i < len(raw) - 9:
-        marker, length = raw[i + 1], struct.unpack(">H", raw[i + 2:i + 4])[0]
+        marker, length = raw[i + 1], struct.unpack(">H", raw[i + 2 : i + 4])[0]
         if marker in (0xC0, 0xC1, 0xC2):  # start of frame: height, then width
-            return struct.unpack(">H", raw[i + 7:i + 9])[0]
+            return struct.unpack(">H", raw[i + 7 : i + 9])[0]
         i += 2 + length
     return 0
 
 
 def problems(nb) -> list[str]:
-    """What a reader should not see in a notebook's stored outputs: absolute paths, anything on
-    stderr, errors, stray object reprs, execution timestamps, and figures over the size cap."""
+    """What a reader should not see in a notebook's stored outputs: absolute paths,
+    anything on stderr, errors, stray object reprs, execution timestamps, and figures
+    over the size cap."""
     found = []
     for index, cell in enumerate(nb.cells):
         where = f"cell {index}"
@@ -108,8 +142,11 @@ def problems(nb) -> list[str]:
             continue
         for out in cell.outputs:
             kind = out.output_type
-            texts = [out.get("text", "")] + [v for k, v in out.get("data", {}).items() if k.startswith("text/")
-                                             and isinstance(v, str)]
+            texts = [out.get("text", "")] + [
+                v
+                for k, v in out.get("data", {}).items()
+                if k.startswith("text/") and isinstance(v, str)
+            ]
             for text in texts:
                 for path in _ABSOLUTE_PATH.findall(text):
                     found.append(f"{where}: an absolute path {path}")
@@ -117,20 +154,29 @@ def problems(nb) -> list[str]:
                 found.append(f"{where}: output on stderr: {out.text.strip()[:120]!r}")
             if kind == "error":
                 found.append(f"{where}: a stored error {out.get('ename')}")
-            if kind == "execute_result" and not ({"image/png", "image/jpeg", "text/html", "text/markdown"} & set(out.get("data", {}))):
+            if kind == "execute_result" and not (
+                {"image/png", "image/jpeg", "text/html", "text/markdown"}
+                & set(out.get("data", {}))
+            ):
                 plain = out["data"].get("text/plain", "").strip()
                 if _STRAY_REPR.match(plain):
-                    found.append(f"{where}: a stray repr {plain[:80]!r} (end the line with ';')")
+                    found.append(
+                        f"{where}: a stray repr {plain[:80]!r} (end the line with ';')"
+                    )
             size = figure_size(out)
             if size and (size[1] > MAX_FIGURE_WIDTH or size[2] > MAX_FIGURE_BYTES):
-                found.append(f"{where}: a {size[0].upper()} figure {size[1]} px wide, {size[2]:,} bytes (caps: "
-                             f"{MAX_FIGURE_WIDTH} px, {MAX_FIGURE_BYTES:,} bytes)")
+                found.append(
+                    f"{where}: a {size[0].upper()} figure {size[1]} px wide, "
+                    f"{size[2]:,} bytes (caps: {MAX_FIGURE_WIDTH} px, "
+                    f"{MAX_FIGURE_BYTES:,} bytes)"
+                )
     return found
 
 
 def execute(path: Path, timeout: int = 3600) -> tuple[float, list[str]]:
-    """Run a notebook in its own folder with the full profile; store cleaned outputs; return the
-    seconds it took and the problems :func:`problems` finds in what was stored."""
+    """Run a notebook in its own folder with the full profile; store cleaned outputs;
+    return the seconds it took and the problems :func:`problems` finds in what was
+    stored."""
     import os
 
     import nbformat
@@ -141,11 +187,20 @@ def execute(path: Path, timeout: int = 3600) -> tuple[float, list[str]]:
     os.environ["GDL_TEXT_PROGRESS"] = "1"
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
     clean_outputs(nb)
     nbformat.write(nb, path)
     return time.perf_counter() - start, problems(nb)
+
+
+#: The results page: its table is stored output too, so it is re-executed after any
+#: chapter's full run.
+RESULTS_PAGE = "results.ipynb"
 
 
 def main(names: list[str]) -> int:
@@ -156,6 +211,13 @@ def main(names: list[str]) -> int:
         for problem in found:
             print(f"  {name}: {problem}", file=sys.stderr)
             status = 1
+    pages = [Path(name) for name in names]
+    if pages and all(page.name != RESULTS_PAGE for page in pages):
+        page = pages[-1].parent / RESULTS_PAGE
+        print(
+            "Next: re-execute the results page, python -m utils.notebooks "
+            f"{page.as_posix()}, and commit it with the chapter (README, rule 8)"
+        )
     return status
 
 

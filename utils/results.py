@@ -1,10 +1,13 @@
 """The measured results of a chapter: a full run writes ``book/results/<chapter>.json``.
 
-Each record names its headline metric and what that metric compares with (a goal, a published
-number, a real-data floor), so the results page is built from the records alone. Smoke runs, and
-runs whose profile switch is invalid, never write; a record is checked before it is written, and
-written atomically.
+Each record names its headline metric and what that metric compares with (a goal, a
+published number, a real-data floor), so the results page is built from the records
+alone. A record is built and checked in every profile, so a bad one fails in the smoke
+run too; smoke runs, and runs whose profile switch is invalid, never write; full runs
+write atomically, into the checkout of the working folder (where the notebook runs),
+never into the checkout ``utils`` was imported from.
 """
+
 from __future__ import annotations
 
 import html
@@ -19,28 +22,54 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .precision import choose
+from .precision import Precision, choose
 from .runtime import device_description, is_smoke
 from .sources import atomic_path
 
 #: Environment variable that overrides where results files go.
 RESULTS_DIR_ENV = "GDL_RESULTS_DIR"
-_REPO = Path(__file__).resolve().parent.parent
 _CHAPTER = re.compile(r"^[a-z][a-z0-9_]*$")
+#: A clause of a headline's reference that holds a number must say where the number
+#: comes from.
+_SOURCED = re.compile(r"\bgoal|\(measured here|\(source: ", re.I)
+
+
+def checkout(start: Path | None = None) -> Path | None:
+    """The book checkout holding ``start`` (default: the working folder): the nearest
+    folder at or above it with a ``_toc.yml``, or None outside any checkout."""
+    start = (Path.cwd() if start is None else start).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "_toc.yml").is_file():
+            return folder
+    return None
 
 
 def results_dir() -> Path:
-    """``$GDL_RESULTS_DIR``, else ``book/results`` of this checkout, else ``results/`` in the cwd."""
-    if os.environ.get(RESULTS_DIR_ENV, "").strip():
-        return Path(os.environ[RESULTS_DIR_ENV].strip()).expanduser()
-    if (_REPO / "_toc.yml").is_file():
-        return _REPO / "book" / "results"
-    return Path("results")
+    """``$GDL_RESULTS_DIR``, else ``book/results`` of the working folder's checkout,
+    else ``results/``.
+
+    Resolved from the working folder (a notebook runs in ``book/``), not from where
+    ``utils`` was imported, so one venv serves several checkouts; a target in another
+    checkout is an error.
+    """
+    here = checkout()
+    override = os.environ.get(RESULTS_DIR_ENV, "").strip()
+    if not override:
+        return here / "book" / "results" if here else Path("results")
+    target = Path(override).expanduser()
+    there = checkout(target)
+    if here and there and there != here:
+        raise ValueError(
+            f"${RESULTS_DIR_ENV}={override!r} lies in the checkout {there}, but this "
+            f"notebook runs in the checkout {here}: unset {RESULTS_DIR_ENV} to write "
+            f"into {_shown(here / 'book' / 'results')}, or run the notebook in {there}"
+        )
+    return target
 
 
 def plain(value: Any, name: str = "value") -> Any:
-    """A metric as a JSON value: numpy and tensor scalars become numbers, small arrays lists;
-    NaN, infinity and other objects are rejected with the metric's name."""
+    """A metric as a JSON value: numpy and tensor scalars become numbers, small arrays
+    lists; NaN, infinity and other objects are rejected with the metric's name."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
@@ -53,12 +82,16 @@ def plain(value: Any, name: str = "value") -> Any:
         return int(value)
     if isinstance(value, numbers.Real):
         if not math.isfinite(value):
-            raise ValueError(f"metric {name!r} is {value}: only finite numbers can be recorded")
+            raise ValueError(
+                f"metric {name!r} is {value}: only finite numbers can be recorded"
+            )
         return float(value)
     if isinstance(value, (list, tuple)):
         return [plain(v, name) for v in value]
-    raise TypeError(f"metric {name!r} has a value of type {type(value).__name__}; record numbers, strings, "
-                    "booleans or lists of them")
+    raise TypeError(
+        f"metric {name!r} has a value of type {type(value).__name__}; record numbers, "
+        "strings, booleans or lists of them"
+    )
 
 
 def check_record(record: Mapping[str, Any]) -> list[str]:
@@ -66,7 +99,11 @@ def check_record(record: Mapping[str, Any]) -> list[str]:
     problems = []
     if not isinstance(record, Mapping):
         return [f"a record is a JSON object, got {type(record).__name__}"]
-    chapter, metrics, headline = record.get("chapter"), record.get("metrics"), record.get("headline")
+    chapter, metrics, headline = (
+        record.get("chapter"),
+        record.get("metrics"),
+        record.get("headline"),
+    )
     if not isinstance(chapter, str) or not _CHAPTER.match(chapter):
         problems.append(f"'chapter' must be a lower-case name, got {chapter!r}")
     if record.get("profile") != "full":
@@ -74,12 +111,22 @@ def check_record(record: Mapping[str, Any]) -> list[str]:
     if not isinstance(metrics, Mapping) or not metrics:
         problems.append("'metrics' must be a non-empty object")
         metrics = {}
-    if not isinstance(headline, Mapping) or not {"metric", "meaning", "reference"} <= set(headline):
+    if not isinstance(headline, Mapping) or not {
+        "metric",
+        "meaning",
+        "reference",
+    } <= set(headline):
         problems.append("'headline' must name 'metric', 'meaning' and 'reference'")
     elif headline["metric"] not in metrics:
-        problems.append(f"the headline metric {headline['metric']!r} is not among the metrics")
-    elif isinstance(metrics[headline["metric"]], bool) or not isinstance(metrics[headline["metric"]], (int, float)):
+        problems.append(
+            f"the headline metric {headline['metric']!r} is not among the metrics"
+        )
+    elif isinstance(metrics[headline["metric"]], bool) or not isinstance(
+        metrics[headline["metric"]], (int, float)
+    ):
         problems.append(f"the headline metric {headline['metric']!r} is not a number")
+    if isinstance(headline, Mapping) and "reference" in headline:
+        problems += reference_problems(headline["reference"])
     if not isinstance(record.get("device"), str) or not record.get("device"):
         problems.append("'device' must be a non-empty string")
     wall = record.get("wall_time_s")
@@ -88,9 +135,26 @@ def check_record(record: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def reference_problems(reference: Any) -> list[str]:
+    """What is wrong with a headline's ``reference`` ("; "-separated clauses): each
+    clause with a number must say where it comes from, "goal", "(measured here" or
+    "(source: ", so no number is unexplained."""
+    if not isinstance(reference, str) or not reference.strip():
+        return [f"'reference' must be a non-empty string, got {reference!r}"]
+    return [
+        f'the reference clause {clause!r} has a number but not its source (say "goal", '
+        '"(measured here, ...)" or "(source: ...)")'
+        for clause in reference.split("; ")
+        if re.search(r"\d", clause) and not _SOURCED.search(clause)
+    ]
+
+
 def _shown(path: Path) -> str:
-    """A path as a reader should see it: relative to the repository or the working folder."""
-    for base in (_REPO, Path.cwd()):
+    """A path as a reader should see it: relative to the working folder's checkout or
+    the working folder."""
+    for base in (checkout(), Path.cwd()):
+        if base is None:
+            continue
         try:
             return path.resolve().relative_to(base.resolve()).as_posix()
         except ValueError:
@@ -98,29 +162,49 @@ def _shown(path: Path) -> str:
     return f"{path.name} in ${RESULTS_DIR_ENV}"
 
 
-def save_results(chapter: str, metrics: Mapping[str, Any], device: torch.device, wall_time_s: float, *,
-                 headline: str, meaning: str, reference: str) -> Path | None:
-    """Write the chapter's metrics from a full run; in the smoke profile write nothing, return None.
+def save_results(
+    chapter: str,
+    metrics: Mapping[str, Any],
+    device: torch.device,
+    wall_time_s: float,
+    *,
+    headline: str,
+    meaning: str,
+    reference: str,
+    precision: Precision | None = None,
+) -> Path | None:
+    """Write the chapter's metrics from a full run; in the smoke profile check them but
+    write nothing, return None.
 
-    ``headline`` names the metric the results page shows, ``meaning`` says how to read it ("nats per
-    image, lower is better") and ``reference`` what it compares with ("goal 100; ..."). The record is
-    checked before it is written, so a bad value fails here, with its name, not in the results page.
+    ``headline`` names the metric the results page shows, ``meaning`` says how to read
+    it ("nats per image, lower is better") and ``reference`` what it compares with
+    ("goal 100; ..."). The record is built and checked in every profile, so a bad value
+    fails with its name in the smoke run (and the tests), not at the end of a full run
+    or in the results page. ``precision`` is what the chapter computed in
+    (``cfg.precision``; by default the device's choice).
     """
-    if is_smoke():
-        print(f"Smoke profile: {chapter} results are not saved.")
-        return None
+    # strictly parsed: a mistyped switch is an error before anything else
+    smoke = is_smoke()
     record = {
-        "chapter": chapter, "profile": "full",
+        "chapter": chapter,
+        "profile": "full",
         "headline": {"metric": headline, "meaning": meaning, "reference": reference},
         "metrics": {str(k): plain(v, str(k)) for k, v in metrics.items()},
-        "device": device_description(device), "threads": torch.get_num_threads(),
-        "precision": choose(device).describe(),
+        "device": device_description(device),
+        "threads": torch.get_num_threads(),
+        "precision": (precision or choose(device)).describe(),
         "wall_time_s": round(float(wall_time_s), 1),
     }
     problems = check_record(record)
     if problems:
-        raise ValueError(f"the results of {chapter!r} are not recordable: " + "; ".join(problems))
+        raise ValueError(
+            f"the results of {chapter!r} are not recordable: " + "; ".join(problems)
+        )
+    # resolved in every profile: a wrong target fails early too
     path = results_dir() / f"{chapter}.json"
+    if smoke:
+        print(f"Smoke profile: {chapter} results are not saved.")
+        return None
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     print(f"Saved {_shown(path)}")
@@ -128,7 +212,8 @@ def save_results(chapter: str, metrics: Mapping[str, Any], device: torch.device,
 
 
 def load_results(chapter: str) -> dict:
-    """The recorded results of a chapter, checked; a clear error names a missing or malformed file."""
+    """The recorded results of a chapter, checked; a clear error names a missing or
+    malformed file."""
     path = results_dir() / f"{chapter}.json"
     record, problem = _read(path)
     if problem:
@@ -150,7 +235,8 @@ def _read(path: Path) -> tuple[dict, str | None]:
 
 
 def all_results() -> tuple[list[dict], list[str]]:
-    """Every well-formed record in :func:`results_dir`, and a note for each file that was skipped."""
+    """Every well-formed record in :func:`results_dir`, and a note for each file that
+    was skipped."""
     records, skipped = [], []
     for path in sorted(results_dir().glob("*.json")):
         record, problem = _read(path)
@@ -162,10 +248,12 @@ def all_results() -> tuple[list[dict], list[str]]:
 
 
 def toc_order() -> list[str]:
-    """The chapters in the order of the book's table of contents (``_toc.yml``), when it is there."""
-    toc = _REPO / "_toc.yml"
-    if not toc.is_file():
+    """The chapters in the order of the table of contents (``_toc.yml``) of the working
+    folder's checkout; empty outside a checkout."""
+    here = checkout()
+    if here is None:
         return []
+    toc = here / "_toc.yml"
     return re.findall(r"^\s*-\s*file:\s*book/(\w+)\s*$", toc.read_text(), flags=re.M)
 
 
@@ -181,39 +269,68 @@ def duration_text(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
-def table_html(header: Sequence[str], rows: Sequence[Sequence[str]], css_class: str) -> str:
-    """An HTML table (the book renders it as a table; a markdown table in a code output would stay text).
+def table_html(
+    header: Sequence[str], rows: Sequence[Sequence[str]], css_class: str
+) -> str:
+    """An HTML table (the book renders it as a table; a markdown table in a code output
+    would stay text).
 
-    Cells are inserted as given, so callers escape text with ``html.escape``; ``rows`` must all have
-    as many cells as ``header``.
+    Cells are inserted as given, so callers escape text with ``html.escape``; ``rows``
+    must all have as many cells as ``header``.
     """
     for row in rows:
         if len(row) != len(header):
-            raise ValueError(f"a table row has {len(row)} cells for {len(header)} columns: {list(row)}")
+            raise ValueError(
+                f"a table row has {len(row)} cells for "
+                f"{len(header)} columns: {list(row)}"
+            )
     head = "".join(f"<th>{c}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return (
+        f'<table class="{css_class}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table>"
+    )
 
 
 def summary_html(order: Sequence[str] | None = None) -> str:
-    """The results page's table: one row per recorded chapter (in ``order``, by default the table of
-    contents', then by name) with its
-    headline metric, how to read it, what it compares with, the device and the wall time; a note under
-    it names any file that was skipped."""
+    """The results page's table: one row per recorded chapter (in ``order``, by default
+    the table of contents', then by name) with its headline metric, how to read it, what
+    it compares with, the device and the wall time; a note under it names any file that
+    was skipped."""
     records, skipped = all_results()
     rank = {name: i for i, name in enumerate(toc_order() if order is None else order)}
     records.sort(key=lambda r: (rank.get(r["chapter"], len(rank)), r["chapter"]))
     rows = []
     for r in records:
         h = r["headline"]
-        cells = [f'<a href="{r["chapter"]}.html">{html.escape(r["chapter"])}</a>',
-                 f"<code>{html.escape(h['metric'])}</code>", number_text(r["metrics"][h["metric"]]),
-                 html.escape(h["meaning"]), html.escape(h["reference"]), html.escape(r["device"]),
-                 duration_text(r["wall_time_s"])]
+        cells = [
+            f'<a href="{r["chapter"]}.html">{html.escape(r["chapter"])}</a>',
+            f"<code>{html.escape(h['metric'])}</code>",
+            number_text(r["metrics"][h["metric"]]),
+            html.escape(h["meaning"]),
+            html.escape(h["reference"]),
+            html.escape(r["device"]),
+            duration_text(r["wall_time_s"]),
+        ]
         rows.append(cells)
-    table = table_html(("chapter", "headline metric", "value", "how to read it", "compared with", "device",
-                        "wall time"), rows, "results-table")
+    table = table_html(
+        (
+            "chapter",
+            "headline metric",
+            "value",
+            "how to read it",
+            "compared with",
+            "device",
+            "wall time",
+        ),
+        rows,
+        "results-table",
+    )
     if skipped:
         items = "".join(f"<li>{html.escape(s)}</li>" for s in skipped)
-        table += f'<p class="results-skipped">Skipped results files:</p><ul>{items}</ul>'
+        table += (
+            f'<p class="results-skipped">Skipped results files:</p><ul>{items}</ul>'
+        )
     return table

@@ -1,9 +1,12 @@
-"""Run-time switches every chapter shares: the smoke/full profile, the device and the seed."""
+"""Run-time switches every chapter shares: the smoke/full profile, the device and the
+seed."""
+
 from __future__ import annotations
 
 import os
 import platform
 import random
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, Mapping
 
@@ -16,26 +19,39 @@ from . import precision
 SMOKE_ENV = "GDL_SMOKE"
 
 #: The values an on/off switch accepts (case-insensitive; unset or empty means off).
-FLAG_VALUES = {"1": True, "true": True, "yes": True, "on": True,
-               "0": False, "false": False, "no": False, "off": False, "": False}
+FLAG_VALUES = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+    "": False,
+}
 
 
 def env_flag(name: str) -> bool:
-    """An on/off environment switch, parsed strictly: a mistyped value is an error, never "off".
+    """An on/off environment switch, parsed strictly: a mistyped value is an error,
+    never "off".
 
-    A typo such as ``GDL_SMOKE=ture`` would otherwise run the full profile (and overwrite the
-    committed results) without a word.
+    A typo such as ``GDL_SMOKE=ture`` would otherwise run the full profile (and
+    overwrite the committed results) without a word.
     """
     value = os.environ.get(name, "")
     try:
         return FLAG_VALUES[value.strip().lower()]
     except KeyError:
-        raise ValueError(f"{name}={value!r} is not a valid switch value; use 1, true, yes or on to turn it "
-                         f"on, and 0, false, no, off or leave it unset to turn it off") from None
+        raise ValueError(
+            f"{name}={value!r} is not a valid switch value; use 1, true, yes or on to "
+            "turn it on, and 0, false, no, off or leave it unset to turn it off"
+        ) from None
 
 
 def is_smoke() -> bool:
-    """True when the smoke profile is on (tiny data, a few steps, the same code path)."""
+    """True when the smoke profile is on (tiny data, a few steps, the same code
+    path)."""
     return env_flag(SMOKE_ENV)
 
 
@@ -54,18 +70,25 @@ def get_device() -> torch.device:
     return torch.device("cpu")
 
 
-def settings(full: Mapping[str, Any], smoke: Mapping[str, Any],
-             gpu: Mapping[str, Any] | None = None) -> SimpleNamespace:
+def settings(
+    full: Mapping[str, Any],
+    smoke: Mapping[str, Any],
+    gpu: Mapping[str, Any] | None = None,
+) -> SimpleNamespace:
     """The settings of the current profile.
 
-    ``full`` holds every setting; ``smoke`` overrides some of them for the smoke profile, and
-    ``gpu`` overrides some for a full run on a GPU (a full run may scale up there). Unknown
-    keys in the overrides are rejected, so a typo cannot silently leave a full-size value.
+    ``full`` holds every setting; ``smoke`` overrides some of them for the smoke
+    profile, and ``gpu`` overrides some for a full run on a GPU (a full run may scale up
+    there). Unknown keys in the overrides are rejected, so a typo cannot silently leave
+    a full-size value.
     """
     for name, extra in (("smoke", smoke), ("gpu", gpu or {})):
         unknown = set(extra) - set(full)
         if unknown:
-            raise KeyError(f"{name} settings name keys that the full settings lack: {sorted(unknown)}")
+            raise KeyError(
+                f"{name} settings name keys that the "
+                f"full settings lack: {sorted(unknown)}"
+            )
     chosen = dict(full)
     if is_smoke():
         chosen.update(smoke)
@@ -75,7 +98,8 @@ def settings(full: Mapping[str, Any], smoke: Mapping[str, Any],
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:
-    """Seed Python, NumPy and PyTorch so a run repeats; returns a seeded CPU generator."""
+    """Seed Python, NumPy and PyTorch so a run repeats; returns a seeded CPU
+    generator."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -91,15 +115,45 @@ def device_description(device: torch.device) -> str:
     return device.type
 
 
-def setup(full: Mapping[str, Any], smoke: Mapping[str, Any], gpu: Mapping[str, Any] | None = None,
-          seed: int = 0) -> tuple[SimpleNamespace, torch.device]:
-    """A chapter's first step: seed everything, choose the device and the precision, pick and print
-    the settings. The precision (see :mod:`utils.precision`) is ``cfg.precision``."""
+def setup(
+    full: Mapping[str, Any],
+    smoke: Mapping[str, Any],
+    gpu: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    fast_path: bool = True,
+    bf16_on_cpu: bool = True,
+) -> tuple[SimpleNamespace, torch.device]:
+    """A chapter's first step: seed everything, choose the device and the precision,
+    pick and print the settings. The precision (see :mod:`utils.precision`) is
+    ``cfg.precision``.
+
+    A chapter whose networks do not use the fast path says ``fast_path=False`` (plain
+    fp32); one whose network measured slower in bf16 on a CPU
+    (``python -m benchmarks.training_steps``) says ``bf16_on_cpu=False`` (channels_last
+    only there; GPUs keep bf16). ``GDL_PRECISION=bf16`` still forces bf16, to compare.
+    """
     seed_everything(seed)
     device = get_device()
     cfg = settings(full, smoke, gpu)
     shown = ", ".join(f"{k}={v}" for k, v in vars(cfg).items() if k != "profile")
     cfg.precision = precision.choose(device)
-    print(f"profile: {cfg.profile} | device: {device_description(device)} | seed: {seed}\n"
-          f"precision: {cfg.precision.describe()}\nsettings: {shown}")
+    if not fast_path:
+        cfg.precision = precision.fp32(
+            device, "this chapter's small networks do not use the fast path"
+        )
+    elif (
+        not bf16_on_cpu
+        and device.type == "cpu"
+        and cfg.precision.bf16
+        and precision.requested() == "auto"
+    ):
+        cfg.precision = replace(
+            cfg.precision,
+            bf16=False,
+            reason="bf16 off: this chapter's network measured slower in bf16 on a CPU",
+        )
+    print(
+        f"profile: {cfg.profile} | device: {device_description(device)} | seed: "
+        f"{seed}\nprecision: {cfg.precision.describe()}\nsettings: {shown}"
+    )
     return cfg, device

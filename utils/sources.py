@@ -1,16 +1,19 @@
 """Where data files come from, and proof that they are the right files.
 
-A dataset is a :class:`FileSet`: the files it needs, each with what identifies it (:class:`Expected`:
-a published checksum, the checksum of a copy we verified, or a structural check), and the places
-to look. :func:`locate` tries, in order, the data folder (``$GDL_DATA_DIR``, only read), the cache
-(``$GDL_CACHE_DIR``), the canonical online source, and folders that registry packages install.
-A file is used only once it passed its verification, wherever it came from; a file that fails is
-skipped, never copied, and named in the one :class:`DatasetNotFoundError` raised when no source works.
+A dataset is a :class:`FileSet`: the files it needs, each with what identifies it
+(:class:`Expected`: a published checksum, the checksum of a copy we verified, or a
+structural check), and the places to look. :func:`locate` tries, in order, the data
+folder (``$GDL_DATA_DIR``, only read), the cache (``$GDL_CACHE_DIR``), the canonical
+online source, and folders that registry packages install. A file is used only once it
+passed its verification, wherever it came from; a file that fails is skipped, never
+copied, and named in the one :class:`DatasetNotFoundError` raised when no source works.
 
-Every write goes through :func:`atomic_path`: a unique temporary file in the destination folder,
-renamed into place only when complete and verified, so a reader never sees a partial file and
-several processes filling one cache at once all end with the same, whole files.
+Every write goes through :func:`atomic_path`: a unique temporary file in the destination
+folder, renamed into place only when complete and verified, so a reader never sees a
+partial file and several processes filling one cache at once all end with the same,
+whole files.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -25,7 +28,8 @@ from typing import Callable, Iterator
 
 from .runtime import env_flag
 
-#: Environment variable naming the folder where datasets are looked for first (read only).
+#: Environment variable naming the folder where datasets are looked for first (read
+#: only).
 DATA_DIR_ENV = "GDL_DATA_DIR"
 #: Environment variable naming the writable cache for downloads and unpacked copies.
 CACHE_DIR_ENV = "GDL_CACHE_DIR"
@@ -38,15 +42,18 @@ TIMEOUT_S = 10.0
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """No source could provide a dataset; the message lists every place that was tried and why."""
+    """No source could provide a dataset; the message lists every place that was tried
+    and why."""
 
 
 class BadFileError(ValueError):
-    """A file is there but is not the expected one (damaged, partial, or another file altogether)."""
+    """A file is there but is not the expected one (damaged, partial, or another file
+    altogether)."""
 
 
 def data_dir() -> Path:
-    """The folder searched first: ``$GDL_DATA_DIR``, else ``~/.cache/gdl-pytorch``. Never written to."""
+    """The folder searched first: ``$GDL_DATA_DIR``, else ``~/.cache/gdl-pytorch``.
+    Never written to."""
     value = os.environ.get(DATA_DIR_ENV, "").strip()
     return Path(value).expanduser() if value else DEFAULT_DATA_DIR
 
@@ -57,8 +64,9 @@ def _cache_path() -> Path:
 
 
 def cache_dir() -> Path:
-    """The writable folder for downloads, unpacked copies and checkpoints: ``$GDL_CACHE_DIR``,
-    else ``~/.cache/gdl-pytorch``. Kept apart from the data folder, which may be shared or read-only.
+    """The writable folder for downloads, unpacked copies and checkpoints:
+    ``$GDL_CACHE_DIR``, else ``~/.cache/gdl-pytorch``. Kept apart from the data folder,
+    which may be shared or read-only.
     """
     folder = _cache_path()
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,15 +74,17 @@ def cache_dir() -> Path:
 
 
 def offline() -> bool:
-    """True when ``$GDL_OFFLINE`` asks not to use the network (strictly parsed, see ``runtime.env_flag``)."""
+    """True when ``$GDL_OFFLINE`` asks not to use the network (strictly parsed, see
+    ``runtime.env_flag``)."""
     return env_flag(OFFLINE_ENV)
 
 
-# --- Checksums and atomic writes ----------------------------------------------------------------
+# --- Checksums and atomic writes ------------------------------------------------------
+
 
 def _digest(path: Path, algorithm: str, gunzip: bool = False) -> str:
     digest = hashlib.new(algorithm)
-    with (gzip.open(path, "rb") if gunzip else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if gunzip else open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -92,11 +102,14 @@ def sha256sum(path: Path) -> str:
 
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
-    """A unique temporary path beside ``dest`` to write to; renamed to ``dest`` when the block ends
-    without an error, deleted otherwise. Safe when several processes write the same ``dest`` at once."""
+    """A unique temporary path beside ``dest`` to write to; renamed to ``dest`` when the
+    block ends without an error, deleted otherwise. Safe when several processes write
+    the same ``dest`` at once."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    handle, name = tempfile.mkstemp(
+        dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"
+    )
     os.close(handle)
     tmp = Path(name)
     try:
@@ -113,16 +126,18 @@ def write_bytes_atomic(dest: Path, payload: bytes) -> Path:
     return Path(dest)
 
 
-# --- What a right file looks like ---------------------------------------------------------------
+# --- What a right file looks like -----------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Expected:
     """One file of a dataset and how to tell that a copy is the right one.
 
-    Any of ``md5``/``sha256`` (of the file; ``sha256`` may be a prefix, as in torch.hub's file names)
-    or ``gunzip_sha256`` (of a gzip file's content, for copies a package re-compressed) must match when
-    given; ``check``, a structural check that raises :class:`BadFileError` with a reason, must pass too.
-    ``source`` says where the recorded checksum comes from, for error messages.
+    Any of ``md5``/``sha256`` (of the file; ``sha256`` may be a prefix, as in
+    torch.hub's file names) or ``gunzip_sha256`` (of a gzip file's content, for copies a
+    package re-compressed) must match when given; ``check``, a structural check that
+    raises :class:`BadFileError` with a reason, must pass too. ``source`` says where the
+    recorded checksum comes from, for error messages.
     """
 
     name: str
@@ -133,8 +148,9 @@ class Expected:
     source: str = "published"
 
     def problem(self, path: Path) -> str | None:
-        """Why ``path`` is not this file, or None when it passed. Results are remembered per file
-        version (size, modification time, inode), so a file is read once per process."""
+        """Why ``path`` is not this file, or None when it passed. Results are remembered
+        per file version (size, modification time, inode), so a file is read once per
+        process."""
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino, self)
         if key not in _VERIFIED:
@@ -142,10 +158,14 @@ class Expected:
         return _VERIFIED[key]
 
     def verify(self, path: Path) -> Path:
-        """``path`` if it is this file, else :class:`BadFileError` naming it, what was expected and the fix."""
+        """``path`` if it is this file, else :class:`BadFileError` naming it, what was
+        expected and the fix."""
         reason = self.problem(path)
         if reason:
-            raise BadFileError(f"{path} is not the expected {self.name}: {reason}. Delete or replace it.")
+            raise BadFileError(
+                f"{path} is not the expected {self.name}: "
+                f"{reason}. Delete or replace it."
+            )
         return path
 
     def _problem(self, path: Path, size: int) -> str | None:
@@ -157,19 +177,28 @@ class Expected:
         if self.sha256:
             sums.append(("SHA-256", self.sha256, lambda: sha256sum(path)))
         if self.gunzip_sha256:
-            sums.append(("SHA-256 of the unzipped content", self.gunzip_sha256,
-                         lambda: _digest(path, "sha256", gunzip=True)))
+            sums.append(
+                (
+                    "SHA-256 of the unzipped content",
+                    self.gunzip_sha256,
+                    lambda: _digest(path, "sha256", gunzip=True),
+                )
+            )
         failures = []
         for label, want, compute in sums:
             try:
                 got = compute()
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
-                failures.append(f"{label} could not be computed ({type(exc).__name__}: {exc})")
+                failures.append(
+                    f"{label} could not be computed ({type(exc).__name__}: {exc})"
+                )
                 continue
             if got.startswith(want):
                 failures = []
                 break
-            failures.append(f"{label} is {got[:len(want)]}, expected {want} ({self.source})")
+            failures.append(
+                f"{label} is {got[: len(want)]}, expected {want} ({self.source})"
+            )
         if failures:
             return "; ".join(failures)
         if self.check is not None:
@@ -183,40 +212,54 @@ class Expected:
 _VERIFIED: dict[tuple, str | None] = {}
 
 
-# --- Downloads -----------------------------------------------------------------------------------
+# --- Downloads ------------------------------------------------------------------------
 
-def download(url: str, dest: Path, expected: Expected | None = None, timeout: float = TIMEOUT_S) -> Path:
-    """Download ``url`` to ``dest``: received length checked against Content-Length and the file
-    against ``expected`` before an atomic rename, so ``dest`` is only ever a whole, verified copy."""
+
+def download(
+    url: str, dest: Path, expected: Expected | None = None, timeout: float = TIMEOUT_S
+) -> Path:
+    """Download ``url`` to ``dest``: received length checked against Content-Length and
+    the file against ``expected`` before an atomic rename, so ``dest`` is only ever a
+    whole, verified copy."""
     request = urllib.request.Request(url, headers={"User-Agent": "gdl-pytorch"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         announced = response.headers.get("Content-Length")
-        with atomic_path(dest) as tmp:  # the folder is created only once a server has answered
+        with atomic_path(
+            dest
+        ) as tmp:  # the folder is created only once a server has answered
             received = 0
             with open(tmp, "wb") as f:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     f.write(chunk)
                     received += len(chunk)
             if announced is not None and received != int(announced):
-                raise OSError(f"the download was cut short: {received:,} of {int(announced):,} bytes")
+                raise OSError(
+                    "the download was cut short: "
+                    f"{received:,} of {int(announced):,} bytes"
+                )
             if expected is not None:
                 reason = expected.problem(tmp)
                 if reason:
-                    raise BadFileError(f"the downloaded file is not the expected {expected.name}: {reason}")
+                    raise BadFileError(
+                        "the downloaded file is not the "
+                        f"expected {expected.name}: {reason}"
+                    )
     return dest
 
 
-# --- Datasets as sets of files, and where to find them -------------------------------------------
+# --- Datasets as sets of files, and where to find them --------------------------------
+
 
 @dataclass(frozen=True)
 class FileSet:
     """Where the files of one dataset can come from.
 
-    ``files`` says what each file must be; ``subdirs`` are the folders inside the data folder and the
-    cache to look in (the first is where downloads go); ``mirrors`` are base URLs of the canonical
-    online source; ``fetch``, for a source that is not a plain download, writes the files into the
-    folder it is given, and ``fetch_from`` names that source in errors; ``offline`` are folders that
-    registry packages install; ``how_to`` tells a reader how to provide the files by hand.
+    ``files`` says what each file must be; ``subdirs`` are the folders inside the data
+    folder and the cache to look in (the first is where downloads go); ``mirrors`` are
+    base URLs of the canonical online source; ``fetch``, for a source that is not a
+    plain download, writes the files into the folder it is given, and ``fetch_from``
+    names that source in errors; ``offline`` are folders that registry packages install;
+    ``how_to`` tells a reader how to provide the files by hand.
     """
 
     name: str
@@ -229,7 +272,8 @@ class FileSet:
     fetch_from: str = ""
 
     def problems(self, folder: Path) -> list[str]:
-        """What is missing or wrong in ``folder``; empty when every file is there and verified."""
+        """What is missing or wrong in ``folder``; empty when every file is there and
+        verified."""
         found = []
         for expected in self.files:
             path = folder / expected.name
@@ -244,7 +288,11 @@ class FileSet:
 
 def _search_roots() -> list[tuple[str, Path]]:
     roots = [("data folder", data_dir()), ("cache", _cache_path())]
-    return [(label, r) for i, (label, r) in enumerate(roots) if r not in [p for _, p in roots[:i]]]
+    return [
+        (label, r)
+        for i, (label, r) in enumerate(roots)
+        if r not in [p for _, p in roots[:i]]
+    ]
 
 
 Fetcher = Callable[[str, Path, Expected], Path]
@@ -254,12 +302,13 @@ def locate(spec: FileSet, fetch: Fetcher = download) -> Path:
     """The folder holding every file of ``spec``, each verified, trying in order:
 
     1. the data folder (``$GDL_DATA_DIR``), then the cache, in each of ``spec.subdirs``;
-    2. the canonical online source, each mirror in turn, then ``spec.fetch`` (skipped when
-       ``$GDL_OFFLINE=1``); what they deliver is verified before it enters the cache;
+    2. the canonical online source, each mirror in turn, then ``spec.fetch`` (skipped
+       when ``$GDL_OFFLINE=1``); what they deliver is verified before it enters the
+       cache;
     3. folders installed by registry packages (``spec.offline``).
 
-    Raises :class:`DatasetNotFoundError` listing what was tried, what was wrong with each file found,
-    and how to provide the files.
+    Raises :class:`DatasetNotFoundError` listing what was tried, what was wrong with
+    each file found, and how to provide the files.
     """
     tried: list[str] = []
 
@@ -284,8 +333,14 @@ def locate(spec: FileSet, fetch: Fetcher = download) -> Path:
         for mirror in spec.mirrors:
             try:
                 for expected in spec.files:
-                    if not (dest / expected.name).is_file() or expected.problem(dest / expected.name):
-                        fetch(mirror.rstrip("/") + "/" + expected.name, dest / expected.name, expected)
+                    if not (dest / expected.name).is_file() or expected.problem(
+                        dest / expected.name
+                    ):
+                        fetch(
+                            mirror.rstrip("/") + "/" + expected.name,
+                            dest / expected.name,
+                            expected,
+                        )
                         expected.verify(dest / expected.name)
                 return dest
             except Exception as exc:  # noqa: BLE001 -- any failure means: try the next source
@@ -295,7 +350,9 @@ def locate(spec: FileSet, fetch: Fetcher = download) -> Path:
                 spec.fetch(dest)
                 problems = spec.problems(dest)
                 if problems:
-                    raise BadFileError("it did not write the expected files: " + "; ".join(problems))
+                    raise BadFileError(
+                        "it did not write the expected files: " + "; ".join(problems)
+                    )
                 return dest
             except Exception as exc:  # noqa: BLE001 -- any failure means: try the next source
                 tried.append(f"online: {spec.fetch_from} ({type(exc).__name__}: {exc})")
@@ -312,4 +369,6 @@ def locate(spec: FileSet, fetch: Fetcher = download) -> Path:
     raise DatasetNotFoundError(
         f"Could not find {spec.name}. Tried, in order:\n  - {lines}\n"
         f"To provide it, put {needed} into {data_dir() / spec.subdirs[0]} "
-        f"(or set {DATA_DIR_ENV} to a folder that has them)." + (f" {spec.how_to}" if spec.how_to else ""))
+        f"(or set {DATA_DIR_ENV} to a folder that has them)."
+        + (f" {spec.how_to}" if spec.how_to else "")
+    )

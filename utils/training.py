@@ -1,4 +1,6 @@
-"""Training helpers the chapters share: progress bars, a loss history, TensorBoard writers."""
+"""Training helpers the chapters share: progress bars, a loss history, TensorBoard
+writers."""
+
 from __future__ import annotations
 
 import os
@@ -16,29 +18,40 @@ from .runtime import env_flag
 
 T = TypeVar("T")
 
-#: Environment variable naming the folder for TensorBoard logs (default ``runs/`` in the cwd).
+#: Environment variable naming the folder for TensorBoard logs (default ``runs/`` in the
+#: cwd).
 LOG_DIR_ENV = "GDL_LOG_DIR"
 
 
-#: Set to ``1`` for plain-text progress bars (used when a chapter is executed for the book).
+#: Set to ``1`` for plain-text progress bars (used when a chapter is executed for the
+#: book).
 TEXT_PROGRESS_ENV = "GDL_TEXT_PROGRESS"
 
 
-def progress(iterable: Iterable[T], desc: str = "", total: int | None = None,
-             leave: bool = True) -> Iterable[T]:
+def progress(
+    iterable: Iterable[T], desc: str = "", total: int | None = None, leave: bool = True
+) -> Iterable[T]:
     """A ``tqdm.auto`` progress bar: a widget in Jupyter, text in a terminal.
 
-    With ``$GDL_TEXT_PROGRESS=1`` it is plain text on stdout, so a notebook executed headless
-    stores the bar's final state rather than a widget frozen at 0%.
+    With ``$GDL_TEXT_PROGRESS=1`` it is plain text on stdout, so a notebook executed
+    headless stores the bar's final state rather than a widget frozen at 0%.
     """
     if env_flag(TEXT_PROGRESS_ENV):
-        return tqdm_text(iterable, desc=desc, total=total, leave=leave, file=sys.stdout,
-                         mininterval=5.0, ascii=False)
+        return tqdm_text(
+            iterable,
+            desc=desc,
+            total=total,
+            leave=leave,
+            file=sys.stdout,
+            mininterval=5.0,
+            ascii=False,
+        )
     return tqdm(iterable, desc=desc, total=total, leave=leave, mininterval=1.0)
 
 
 class History:
-    """Named series of numbers recorded during training, e.g. ``history.log(train=0.1, test=0.2)``."""
+    """Named series of numbers recorded during training, e.g.
+    ``history.log(train=0.1, test=0.2)``."""
 
     def __init__(self) -> None:
         self.series: dict[str, list[float]] = defaultdict(list)
@@ -55,15 +68,26 @@ class History:
         """The latest value of a series."""
         return self.series[name][-1]
 
-    def plot(self, names: Sequence[str] | None = None, xlabel: str = "epoch", ylabel: str = "loss",
-             title: str | None = None, logy: bool = False, ax: plt.Axes | None = None) -> plt.Axes:
+    def plot(
+        self,
+        names: Sequence[str] | None = None,
+        xlabel: str = "epoch",
+        ylabel: str = "loss",
+        title: str | None = None,
+        logy: bool = False,
+        ax: plt.Axes | None = None,
+    ) -> plt.Axes:
         """Plot the named series (all by default) against their step, starting at 1."""
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 3.5))
         for name in names or list(self.series):
             values = self.series[name]
-            ax.plot(range(1, len(values) + 1), values, marker="o" if len(values) < 40 else None,
-                    label=name)
+            ax.plot(
+                range(1, len(values) + 1),
+                values,
+                marker="o" if len(values) < 40 else None,
+                label=name,
+            )
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if logy:
@@ -76,26 +100,32 @@ class History:
 
 
 def decay_in_second_half(optimizers: Sequence, epochs: int) -> list:
-    """Learning-rate schedules that keep each optimiser's rate for the first half of ``epochs`` and then
-    lower it linearly to zero; call ``step()`` on each once per epoch. The GAN chapters use it so that the
-    last epochs settle instead of circling."""
+    """Learning-rate schedules that keep each optimiser's rate for the first half of
+    ``epochs`` and then lower it linearly to zero; call ``step()`` on each once per
+    epoch. The GAN chapters use it so that the last epochs settle instead of
+    circling."""
     import torch
 
     def factor(epoch: int) -> float:
         return min(1.0, (epochs - epoch) / (epochs / 2))
 
-    return [torch.optim.lr_scheduler.LambdaLR(optimizer, factor) for optimizer in optimizers]
+    return [
+        torch.optim.lr_scheduler.LambdaLR(optimizer, factor) for optimizer in optimizers
+    ]
 
 
 def log_dir(chapter: str) -> Path:
-    """A fresh per-run log folder, ``runs/<chapter>/<timestamp>``, under ``$GDL_LOG_DIR`` or the cwd."""
+    """A fresh per-run log folder, ``runs/<chapter>/<timestamp>``, under
+    ``$GDL_LOG_DIR`` or the cwd."""
     base = Path(os.environ.get(LOG_DIR_ENV) or "runs")
     return base / chapter / time.strftime("%Y%m%d-%H%M%S")
 
 
 def tensorboard_writer(chapter: str):
-    """A tensorboardX ``SummaryWriter`` logging to :func:`log_dir`; view with ``tensorboard --logdir runs``."""
-    from tensorboardX import SummaryWriter  # imported here: only chapters that log need it
+    """A tensorboardX ``SummaryWriter`` logging to :func:`log_dir`; view with
+    ``tensorboard --logdir runs``."""
+    # imported here: only chapters that log need it
+    from tensorboardX import SummaryWriter
 
     return SummaryWriter(logdir=str(log_dir(chapter)))
 
