@@ -117,6 +117,14 @@ def count_flops(step: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def achieved_gflops(
+    step: Callable[[], object], repeats: int, device: torch.device
+) -> float:
+    """GFLOP/s of ``step``: its counted FLOPs over its median time."""
+    seconds = median_times({"step": step}, repeats, device)["step"]
+    return count_flops(step) / seconds / 1e9
+
+
 def conv_peak_gflops(device: torch.device, prec: Precision, repeats: int = 5) -> float:
     """GFLOP/s of a large 3x3 convolution, forward and backward, on ``device`` in the
     precision ``prec`` (its layout, and bf16 autocast where it has it): the convolution
@@ -130,17 +138,15 @@ def conv_peak_gflops(device: torch.device, prec: Precision, repeats: int = 5) ->
             y = conv(x)
         y.float().sum().backward()
 
-    flops = count_flops(step)
-    seconds = median_times({"conv": step}, repeats, device)["conv"]
-    return flops / seconds / 1e9
+    return achieved_gflops(step, repeats, device)
 
 
 def matmul_peak_gflops(
     device: torch.device, prec: Precision, size: int = 1024, repeats: int = 5
 ) -> float:
     """GFLOP/s of a large matrix product, forward and backward, in the precision
-    ``prec``: the yardstick of models made of matrix products (LSTMs, MLPs), measured in
-    the same run."""
+    ``prec``: the yardstick of a model made of matrix products (the Transformer),
+    measured in the same run."""
     a = torch.randn(size, size, device=device, requires_grad=True)
     b = torch.randn(size, size, device=device, requires_grad=True)
 
@@ -149,9 +155,7 @@ def matmul_peak_gflops(
             y = a @ b
         y.float().sum().backward()
 
-    flops = count_flops(step)
-    seconds = median_times({"matmul": step}, repeats, device)["matmul"]
-    return flops / seconds / 1e9
+    return achieved_gflops(step, repeats, device)
 
 
 def chapter_precision(chapter: str) -> str:

@@ -3,9 +3,10 @@ pays), else fp32.
 
 bfloat16 keeps float32's range with an 8-bit mantissa. Products and convolutions in bf16
 run about twice as fast where the hardware has bf16 instructions: CUDA GPUs of compute
-capability 8.0 or newer, and CPUs with AMX or AVX-512 BF16 (on the book's 2-core AVX-512
-BF16 CPU, measured: matrix products 358 GFLOP/s in bf16 against 162 in fp32, and every
-chapter's step as fast or faster; README, "Benchmarks"). Elsewhere (AVX2 CPUs, older
+capability 8.0 or newer, and CPUs with AMX or AVX-512 BF16 (measured on the book's CPUs,
+README, "Benchmarks"; a network that still runs slower in bf16, such as one of narrow
+convolutions between GroupNorm layers, is kept in fp32 by its chapter's
+``runtime.setup(bf16_on_cpu=False)``). Elsewhere (AVX2 CPUs, older
 GPUs, MPS) bf16 is emulated and slower, so it is chosen from what the device reports,
 never assumed. Under ``torch.autocast`` only the products and convolutions run in bf16:
 weights, optimiser state, losses (autocast keeps them in fp32) and metrics stay in fp32.
