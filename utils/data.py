@@ -14,7 +14,7 @@ import io
 import struct
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -89,6 +89,7 @@ def _idx_spec(
             md5=md5,
             gunzip_sha256=_IDX_CONTENT_SHA256[name][gz],
             source=f"published for {name}",
+            max_bytes=64 << 20,  # the largest, Fashion-MNIST's train images: 26 MB
         )
         for gz, md5 in cls.resources
     )
@@ -236,7 +237,13 @@ def check_images(
 
 CELEBA_ZIP = "celeba64-10k.zip"
 CELEBA_ONLINE_FACES = 10_000
+#: CelebA's folder of aligned 178x218 face JPEGs, a source of the faces too.
+CELEBA_ALIGNED = "img_align_celeba"
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: The most bytes one member of a face zip, and the whole zip, may unpack to: 64x64
+#: JPEGs take about 2.5 kB each, and a zip bomb declares far more.
+_FACE_MEMBER_BYTES = 16 << 20
+_FACE_ZIP_BYTES = 4 << 30
 
 
 def _face_names(archive: zipfile.ZipFile) -> list[str]:
@@ -244,37 +251,68 @@ def _face_names(archive: zipfile.ZipFile) -> list[str]:
 
 
 def _check_face_zip(path: Path) -> None:
-    """A zip of face images: a readable archive, every member's CRC right, at least one
-    image that decodes. No checksum: the online step builds its own zip, and any such
-    zip of faces works."""
-    from PIL import Image
+    """A zip of face images: a readable archive whose members declare sizes a face can
+    have, every member's CRC right, at least one image that decodes. No checksum: the
+    online step builds its own zip, and any such zip of faces works."""
+    from .images import open_image
 
     try:
         with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
+            infos = archive.infolist()
+            for info in infos:
+                if info.file_size > _FACE_MEMBER_BYTES:
+                    raise BadFileError(
+                        f"its member {info.filename} unpacks to {info.file_size:,} "
+                        f"bytes, more than the {_FACE_MEMBER_BYTES:,} a face image "
+                        "may have (a zip bomb?)"
+                    )
+            total = sum(info.file_size for info in infos)
+            if total > _FACE_ZIP_BYTES:
+                raise BadFileError(
+                    f"it unpacks to {total:,} bytes, more than the "
+                    f"{_FACE_ZIP_BYTES:,} a zip of faces may have (a zip bomb?)"
+                )
             names = _face_names(archive)
-            if damaged is not None:
-                raise BadFileError(f"its member {damaged} is damaged (CRC mismatch)")
             if not names:
                 raise BadFileError("it holds no JPEG or PNG images")
-            Image.open(archive.open(names[0])).load()
-    except zipfile.BadZipFile as exc:
-        raise BadFileError(f"it is not a readable zip archive ({exc})") from None
-    except (OSError, EOFError) as exc:
+            damaged = archive.testzip()
+            if damaged is not None:
+                raise BadFileError(f"its member {damaged} is damaged (CRC mismatch)")
+            with archive.open(names[0]) as member:
+                open_image(member, name=f"its first image {names[0]}").close()
+    except BadFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- zipfile and zlib raise many types here
         raise BadFileError(
-            f"its first image does not decode ({type(exc).__name__}: {exc})"
+            f"it is not a readable zip archive ({type(exc).__name__}: {exc})"
         ) from None
 
 
-def _face_tensor(image, size: int) -> torch.Tensor:
-    """A PIL face image -> uint8 tensor (3, size, size): centre-cropped square,
-    resized."""
+def _square_face(image, size: int):
+    """A PIL face image -> RGB PIL image (size, size): the centred square, resized
+    (bicubic). On CelebA's aligned 178x218 images that is rows 20..198."""
     image = image.convert("RGB")
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     # 3 = bicubic
-    image = image.crop((left, top, left + side, top + side)).resize((size, size), 3)
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    return image.crop((left, top, left + side, top + side)).resize((size, size), 3)
+
+
+def _face_tensor(image, size: int) -> torch.Tensor:
+    """A PIL face image -> uint8 tensor (3, size, size): see :func:`_square_face`."""
+    return torch.from_numpy(np.asarray(_square_face(image, size)).copy()).permute(
+        2, 0, 1
+    )
+
+
+def _write_face_zip(folder: Path, faces) -> None:
+    """Write ``celeba64-10k.zip`` into ``folder`` (atomically) from (name, PIL image)
+    pairs: each face squared and resized to 64x64, stored as a JPEG."""
+    with atomic_path(folder / CELEBA_ZIP) as tmp, zipfile.ZipFile(tmp, "w") as archive:
+        for name, image in faces:
+            buffer = io.BytesIO()
+            _square_face(image, 64).save(buffer, "JPEG", quality=95)
+            archive.writestr(name, buffer.getvalue())
 
 
 def _celeba_zip_from_torchvision(folder: Path) -> None:
@@ -283,19 +321,32 @@ def _celeba_zip_from_torchvision(folder: Path) -> None:
     dataset = datasets.CelebA(
         str(cache_dir()), split="all", target_type=[], download=True
     )
-    with atomic_path(folder / CELEBA_ZIP) as tmp, zipfile.ZipFile(tmp, "w") as archive:
-        for i in range(min(CELEBA_ONLINE_FACES, len(dataset))):
-            # The aligned images are 178x218 with the face in the upper middle: crop
-            # rows 20..198.
-            face = dataset[i][0].crop((0, 20, 178, 198)).resize((64, 64), 3)
-            buffer = io.BytesIO()
-            face.save(buffer, "JPEG", quality=95)
-            archive.writestr(f"{i + 1:06d}.jpg", buffer.getvalue())
+    count = min(CELEBA_ONLINE_FACES, len(dataset))
+    _write_face_zip(folder, ((f"{i + 1:06d}.jpg", dataset[i][0]) for i in range(count)))
+
+
+def _aligned_faces_folder() -> Path | None:
+    """CelebA's aligned images folder ``img_align_celeba/`` in the data folder (or in
+    its ``celeba/``), when it holds JPEGs."""
+    for sub in ("celeba", "."):
+        folder = data_dir() / sub / CELEBA_ALIGNED
+        if folder.is_dir() and any(folder.glob("*.jpg")):
+            return folder
+    return None
+
+
+def _celeba_zip_from_aligned(source: Path, folder: Path) -> None:
+    """Write ``celeba64-10k.zip`` into ``folder`` from the first 10,000 JPEGs of the
+    aligned images folder ``source``, cropped and resized as the online route does."""
+    from .images import open_image
+
+    paths = sorted(source.glob("*.jpg"))[:CELEBA_ONLINE_FACES]
+    _write_face_zip(folder, ((p.name, open_image(p)) for p in paths))
 
 
 CELEBA_FILES = FileSet(
     name="the CelebA faces",
-    files=(Expected(CELEBA_ZIP, check=_check_face_zip),),
+    files=(Expected(CELEBA_ZIP, check=_check_face_zip, max_bytes=_FACE_ZIP_BYTES),),
     subdirs=("celeba", "."),
     # looked up at call time, so tests can replace it
     fetch=lambda folder: _celeba_zip_from_torchvision(folder),
@@ -304,23 +355,44 @@ CELEBA_FILES = FileSet(
         "downloads once its daily quota is used up: try again later"
     ),
     how_to=(
-        "It is a zip of aligned 64x64 face JPEGs; any such zip works. CelebA itself "
-        "is at mmlab.ie.cuhk.edu.hk/projects/CelebA.html (img_align_celeba)."
+        "It is a zip of aligned 64x64 face JPEGs; any such zip works. Or put CelebA's "
+        f"aligned images folder {CELEBA_ALIGNED}/ there (from "
+        "mmlab.ie.cuhk.edu.hk/projects/CelebA.html, or any copy of "
+        f"img_align_celeba.zip, unpacked): its first {CELEBA_ONLINE_FACES:,} images "
+        "become the zip, in the cache."
     ),
 )
+
+
+def _celeba_zip() -> Path:
+    """The face zip: from the data folder or the cache, else built from an aligned
+    images folder in the data folder (no network needed), else from the online route;
+    one error lists everything tried."""
+    try:
+        return locate(replace(CELEBA_FILES, fetch=None)) / CELEBA_ZIP
+    except DatasetNotFoundError:
+        pass
+    aligned = _aligned_faces_folder()
+    if aligned is None:
+        return locate(CELEBA_FILES) / CELEBA_ZIP
+    dest = cache_dir() / CELEBA_FILES.subdirs[0]
+    _celeba_zip_from_aligned(aligned, dest)
+    return CELEBA_FILES.files[0].verify(dest / CELEBA_ZIP)
 
 
 def celeba_faces(limit: int | None = None, size: int = 64) -> torch.Tensor:
     """Aligned CelebA faces as a uint8 tensor (N, 3, size, size), held in memory.
 
     From ``celeba64-10k.zip`` (10,000 faces at 64x64), which
-    :func:`~utils.sources.locate` finds in the data folder or builds from CelebA's
-    canonical host through torchvision; else one error lists what was tried. Asking for
-    more faces than the zip holds is an error, not a smaller set.
+    :func:`~utils.sources.locate` finds in the data folder or the cache, or which is
+    built into the cache from CelebA's aligned images folder ``img_align_celeba/`` in
+    the data folder, or from CelebA's canonical host through torchvision; else one
+    error lists what was tried. Asking for more faces than the zip holds is an error,
+    not a smaller set.
     """
-    from PIL import Image
+    from .images import open_image
 
-    path = locate(CELEBA_FILES) / CELEBA_ZIP
+    path = _celeba_zip()
     with zipfile.ZipFile(path) as archive:
         names = _face_names(archive)
         if limit is not None and len(names) < limit:
@@ -330,12 +402,9 @@ def celeba_faces(limit: int | None = None, size: int = 64) -> torch.Tensor:
             )
         faces = []
         for name in names[:limit]:
-            try:
-                faces.append(_face_tensor(Image.open(archive.open(name)), size))
-            except (OSError, EOFError) as exc:
-                raise BadFileError(
-                    f"{path}: the image {name} does not decode ({exc}); replace the zip"
-                ) from None
+            with archive.open(name) as member:
+                image = open_image(member, name=f"{path}: the image {name}")
+            faces.append(_face_tensor(image, size))
         return torch.stack(faces)
 
 
@@ -354,18 +423,20 @@ def text_check(
     file's name), and optionally its opening words and exact line count."""
 
     def check(path: Path) -> None:
-        raw = path.read_bytes()
-        head = raw[:500].decode("latin-1").lstrip().lower()
+        with open(path, "rb") as f:  # the opening only: the file may be huge
+            head = f.read(500).decode("latin-1").lstrip().lower()
         if head.startswith(("<!doctype", "<html")) or "<head>" in head:
             raise BadFileError(
                 "it is a web page, not the text (a proxy or captive portal answered)"
             )
+        size = path.stat().st_size
+        if not min_bytes <= size <= max_bytes:
+            raise BadFileError(
+                f"{size:,} bytes, expected {min_bytes:,} to {max_bytes:,}"
+            )
+        raw = path.read_bytes()
         if b"\x00" in raw:
             raise BadFileError("it holds NUL bytes: it is binary, not text")
-        if not min_bytes <= len(raw) <= max_bytes:
-            raise BadFileError(
-                f"{len(raw):,} bytes, expected {min_bytes:,} to {max_bytes:,}"
-            )
         try:
             content = raw.decode(encoding)
         except UnicodeDecodeError as exc:
@@ -437,9 +508,13 @@ WIKITEXT2_EVAL_FILES = FileSet(
             "valid.txt",
             md5="d756d22ab2310e7e60c094bea5c5a8eb",
             source=_WIKITEXT2_SOURCE,
+            max_bytes=4 << 20,  # 1.1 MB
         ),
         Expected(
-            "test.txt", md5="781c9418ab9414bd09e4aad825aae752", source=_WIKITEXT2_SOURCE
+            "test.txt",
+            md5="781c9418ab9414bd09e4aad825aae752",
+            source=_WIKITEXT2_SOURCE,
+            max_bytes=4 << 20,  # 1.3 MB
         ),
     ),
     subdirs=("wikitext-2",),

@@ -214,7 +214,8 @@ def _in_notebook() -> bool:
 
 # --- Loading images -------------------------------------------------------------------
 
-_BOOK_IMAGES = Path(__file__).resolve().parent.parent / "book" / "images"
+#: Files the helpers ship as package data (installed with ``utils``, e.g. on Colab).
+ASSETS = Path(__file__).resolve().parent / "assets"
 #: Public-domain Starry Night (van Gogh, 1889), for readers without the book's files
 #: (Colab).
 STARRY_NIGHT_URL = (
@@ -226,7 +227,7 @@ STARRY_NIGHT_URL = (
 SAMPLES = {
     "starry_night": (
         "Vincent van Gogh, The Starry Night (1889); "
-        "book/images/, the data folder or Wikimedia"
+        "utils/assets/, the data folder or Wikimedia"
     ),
     "grace_hopper": "Grace Hopper, from matplotlib's sample data",
     "astronaut": "Eileen Collins, from scikit-image's sample data",
@@ -235,7 +236,7 @@ SAMPLES = {
 }
 
 
-#: SHA-256 of the committed Starry Night (the copy in book/images/ and in the data
+#: SHA-256 of the committed Starry Night (the copy in utils/assets/ and in the data
 #: folder).
 STARRY_NIGHT = sources.Expected(
     "starry_night.jpg",
@@ -248,11 +249,15 @@ def _sample(name: str):
     from PIL import Image
 
     if name == "starry_night":
-        for folder in (_BOOK_IMAGES, sources.data_dir() / "images"):
+        for folder in (ASSETS, sources.data_dir() / "images"):
             path = folder / STARRY_NIGHT.name
             if path.is_file() and STARRY_NIGHT.problem(path) is None:
-                return Image.open(path)
-        return _open(_fetch(STARRY_NIGHT_URL))
+                return open_image(path)
+        how_to = (
+            f"put {STARRY_NIGHT.name} into {sources.data_dir() / 'images'} (utils "
+            f"ships it in {ASSETS}: a reinstall of utils brings it back)"
+        )
+        return open_image(_fetch(STARRY_NIGHT_URL, how_to))
     if name == "grace_hopper":
         from matplotlib import cbook
 
@@ -268,15 +273,7 @@ def _sample(name: str):
 
 def _check_image(path: Path) -> None:
     """A structural check for a downloaded image: Pillow decodes it completely."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as exc:  # noqa: BLE001 -- any decoding failure means: not an image
-        raise sources.BadFileError(
-            f"it is not an image Pillow can decode ({type(exc).__name__}: {exc})"
-        ) from None
+    open_image(path, name="it").close()
 
 
 def url_cache_path(url: str) -> Path:
@@ -290,7 +287,9 @@ def url_cache_path(url: str) -> Path:
     return sources.cache_dir() / "images" / f"{key}-{name}"
 
 
-def _fetch(url: str) -> Path:
+def _fetch(url: str, how_to: str = "download it yourself and pass its path") -> Path:
+    """The cached copy of the image at ``url``, downloaded and checked when missing;
+    else :class:`~utils.sources.DatasetNotFoundError` saying why and ``how_to``."""
     expected = sources.Expected(
         Path(url.split("?")[0]).name or "image", check=_check_image
     )
@@ -298,32 +297,65 @@ def _fetch(url: str) -> Path:
     if dest.is_file() and expected.problem(dest) is None:
         return dest
     if sources.offline():
-        raise FileNotFoundError(
+        raise sources.DatasetNotFoundError(
             f"the image {url} is not in the cache and {sources.OFFLINE_ENV} is set: "
-            "download it yourself and pass its path"
+            + how_to
         )
     try:
         sources.download(url, dest, expected)
     except Exception as exc:  # noqa: BLE001
-        raise FileNotFoundError(
+        raise sources.DatasetNotFoundError(
             f"could not download the image {url} ({type(exc).__name__}: {exc}); "
-            "download it yourself and pass its path"
+            + how_to
         ) from None
     return dest
 
 
-def _open(path: Path):
+#: The most pixels an image may have: a larger one is refused before it is decoded (a
+#: decompression bomb declares a huge size in a few bytes). 40 megapixels as float32
+#: RGB take 480 MB.
+MAX_PIXELS = 40_000_000
+
+
+def open_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS):
+    """A Pillow image decoded from a path or file object, or :class:`BadFileError`
+    naming ``name`` (default: the path) when it is not a readable image: unknown
+    format, damaged or truncated data, or more than ``max_pixels`` pixels (checked
+    before decoding). No Pillow exception reaches the caller."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    name = str(source) if name is None else name
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
+        width, height = image.size
+        if width * height > max_pixels:
+            image.close()
+            raise sources.BadFileError(
+                f"{name} is {width:,}x{height:,} pixels, more than the "
+                f"{max_pixels:,} an image may have here (a decompression bomb?): "
+                "scale it down first"
+            )
         image.load()
+    except sources.BadFileError:
+        raise
     except UnidentifiedImageError:
-        raise ValueError(
-            f"{path} is not an image that Pillow can read (JPEG, PNG, ...)"
+        raise sources.BadFileError(
+            f"{name} is not an image that Pillow can read (JPEG, PNG, ...)"
         ) from None
-    except OSError as exc:
-        raise ValueError(f"{path} could not be read as an image: {exc}") from None
+    except Image.DecompressionBombError:
+        raise sources.BadFileError(
+            f"{name} declares far more than the {max_pixels:,} pixels an image may "
+            "have here (a decompression bomb?)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 -- any decoding failure: a damaged image
+        raise sources.BadFileError(
+            f"{name} could not be read as an image, it is damaged or truncated "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
     return image
 
 
@@ -390,9 +422,9 @@ def load_image(
     """
     text = str(source)
     if text.startswith(("http://", "https://")):
-        image = _open(_fetch(text))
+        image = open_image(_fetch(text))
     elif Path(text).expanduser().is_file():
-        image = _open(Path(text).expanduser())
+        image = open_image(Path(text).expanduser())
     elif text in SAMPLES:
         image = _sample(text)
     else:

