@@ -155,3 +155,67 @@ def test_per_class_accuracy_counts_each_class_on_its_own_items():
     assert len(ax.patches) == 20 and [
         t.get_text() for t in ax.get_xticklabels()
     ] == list(models.FASHION_CLASSES)
+
+
+def test_bits_per_dim_converts_nats_and_counts_the_dequantization():
+    from utils.metrics import bits_per_dim, dequantized_nll
+
+    # a uniform code over 256 values costs exactly 8 bits per dimension
+    assert bits_per_dim(torch.full((5,), 784 * math.log(256)), 784) == pytest.approx(8)
+    # the uniform density on [0, 1)^D (log p = 0) is the same code once the change of
+    # scale is counted
+    assert bits_per_dim(dequantized_nll(torch.zeros(3), 784), 784) == pytest.approx(8)
+    with pytest.raises(ValueError, match="dims must be positive"):
+        bits_per_dim(1.0, 0)
+    with pytest.raises(ValueError, match="not finite"):
+        bits_per_dim(torch.tensor([float("nan")]), 4)
+
+
+def test_compressors_and_the_histogram_on_images_of_known_content():
+    from utils.metrics import (
+        compressor_baselines,
+        pixel_histogram_bits_per_dim,
+        png_bits_per_dim,
+        stream_bits_per_dim,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (20, 28, 28), generator=g, dtype=torch.uint8)
+    blank = torch.zeros(20, 1, 28, 28, dtype=torch.uint8)
+    # random bytes do not compress; blank images almost vanish
+    assert stream_bits_per_dim(noise)["xz"] > 7.9
+    assert stream_bits_per_dim(blank)["bz2"] < 0.1
+    assert png_bits_per_dim(noise) > 8 > png_bits_per_dim(blank)
+    # the pixel data alone is smaller than the whole PNG file (header and framing)
+    assert png_bits_per_dim(blank, whole_file=False) < png_bits_per_dim(blank)
+    # add-one counts over 20 blank images: p(0) = 21 / 276 at every position, and a
+    # value never seen there has 1 / 276
+    assert pixel_histogram_bits_per_dim(blank, blank) == pytest.approx(
+        math.log2(276 / 21), rel=1e-9
+    )
+    assert pixel_histogram_bits_per_dim(blank, blank + 7) == pytest.approx(
+        math.log2(276), rel=1e-9
+    )
+    baselines = compressor_baselines(blank, noise)
+    assert set(baselines) == {
+        "png",
+        "png_pixel_data",
+        "xz",
+        "bz2",
+        "pixel_histogram",
+        "raw",
+    }
+
+
+def test_compressor_helpers_reject_what_is_not_8_bit_images():
+    from utils.metrics import pixel_histogram_bits_per_dim, png_bits_per_dim
+
+    with pytest.raises(ValueError, match="uint8 tensor"):
+        png_bits_per_dim(torch.rand(2, 28, 28))
+    with pytest.raises(ValueError, match=r"shape \(N, H, W\)"):
+        png_bits_per_dim(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="differ in size"):
+        pixel_histogram_bits_per_dim(
+            torch.zeros(2, 28, 28, dtype=torch.uint8),
+            torch.zeros(2, 14, 14, dtype=torch.uint8),
+        )

@@ -334,3 +334,104 @@ def summary_html(order: Sequence[str] | None = None) -> str:
             f'<p class="results-skipped">Skipped results files:</p><ul>{items}</ul>'
         )
     return table
+
+
+#: The chapters whose models give an exact likelihood, measured in bits per dimension
+#: on the 10,000 8-bit MNIST test digits (their records hold ``bits_per_dim`` and the
+#: compressor baselines measured on the same digits, ``baseline_<name>``).
+LIKELIHOOD_CHAPTERS = ("pixelcnn", "flow")
+
+#: Published test bits per dimension on MNIST, with their settings (the UvA notebooks'
+#: printed outputs: phlippe/uvadlc_notebooks, tutorials 11 and 12).
+PUBLISHED_BITS_PER_DIM = (
+    (
+        "gated PixelCNN, unconditional (exact)",
+        0.808,
+        "852,160 parameters, 64 channels, a masked input layer and 7 gated layers "
+        "(dilations 1, 2, 1, 4, 1, 2, 1), 150 epochs on 50,000 digits, best-validation "
+        "checkpoint, on a GPU",
+        "UvA DL tutorial 12, Autoregressive Image Modeling",
+    ),
+    (
+        "flow, simple (uniform dequantization)",
+        1.078,
+        "556,312 parameters, 200 epochs on a GPU; bound with 8 importance samples",
+        "UvA DL tutorial 11, Normalizing Flows for Image Modeling",
+    ),
+    (
+        "flow, variational dequantization",
+        1.043,
+        "628,388 parameters, 200 epochs on a GPU; bound with 8 importance samples",
+        "UvA DL tutorial 11, Normalizing Flows for Image Modeling",
+    ),
+    (
+        "flow, multi-scale (variational dequantization)",
+        1.020,
+        "1,711,818 parameters, 200 epochs on a GPU; bound with 8 importance samples",
+        "UvA DL tutorial 11, Normalizing Flows for Image Modeling",
+    ),
+)
+
+#: The compressor baselines of :func:`utils.metrics.compressor_baselines` (recorded as
+#: ``baseline_<name>`` metrics), as shown.
+BASELINE_NAMES = {
+    "png": "PNG, one file per digit",
+    "png_pixel_data": "PNG, compressed pixel data only",
+    "xz": "xz -9e, the whole test set as one stream",
+    "bz2": "bz2 -9, the whole test set as one stream",
+    "pixel_histogram": "per-pixel histogram of the training digits",
+    "raw": "the bytes as they are",
+}
+
+
+def bits_per_dim_html(current: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """One table of every model measured in bits per dimension on the MNIST test
+    digits: this book's likelihood chapters (from their records, or from ``current``,
+    chapter -> metrics of the run in progress), the compressors and histogram measured
+    on the same digits, and the published numbers with their settings."""
+    measured: dict[str, Mapping[str, Any]] = {}
+    for chapter in LIKELIHOOD_CHAPTERS:
+        if current and chapter in current:
+            measured[chapter] = current[chapter]
+            continue
+        try:
+            measured[chapter] = load_results(chapter)["metrics"]
+        except (FileNotFoundError, ValueError):
+            continue
+    rows = []
+    for chapter, m in measured.items():
+        setting = (
+            f"{m['parameters']:,} parameters, {m['epochs']} epoch(s), "
+            f"{duration_text(m['train_seconds'])} of training"
+        )
+        rows.append(
+            (
+                html.escape(m["model"]),
+                f"{m['bits_per_dim']:.3f}",
+                html.escape(setting),
+                f'measured here: <a href="{chapter}.html">{chapter}</a>',
+            )
+        )
+    baselines = next(iter(measured.values()), {})
+    for key, label in BASELINE_NAMES.items():
+        if f"baseline_{key}" in baselines:
+            rows.append(
+                (
+                    html.escape(label),
+                    f"{baselines[f'baseline_{key}']:.3f}",
+                    "the same 10,000 test digits",
+                    "measured here",
+                )
+            )
+    for model, bits, setting, source in PUBLISHED_BITS_PER_DIM:
+        rows.append(
+            (
+                html.escape(model),
+                f"{bits:.3f}",
+                html.escape(setting),
+                f"source: {html.escape(source)}",
+            )
+        )
+    return table_html(
+        ("model or code", "bits/dim", "setting", "where from"), rows, "results-table"
+    )
