@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from utils.chapter_code import setup_settings
 from utils.precision import Precision
 
 BOOK = Path(__file__).resolve().parent.parent / "book"
@@ -64,23 +65,7 @@ def definitions(chapter: str, names: set[str], namespace: dict | None = None) ->
 
 def full_settings(chapter: str) -> SimpleNamespace:
     """The ``full=dict(...)`` settings of the chapter's ``runtime.setup`` call."""
-    for source in code_cells(chapter):
-        if "runtime.setup(" in source:
-            for node in ast.walk(ast.parse(source)):
-                if (
-                    isinstance(node, ast.keyword)
-                    and node.arg == "full"
-                    and isinstance(node.value, ast.Call)
-                ):
-                    return SimpleNamespace(
-                        **{
-                            k.arg: ast.literal_eval(k.value)
-                            for k in node.value.keywords
-                        }
-                    )
-    raise RuntimeError(
-        f"book/{chapter}.ipynb has no runtime.setup(full=dict(...)) call"
-    )
+    return SimpleNamespace(**setup_settings(BOOK / f"{chapter}.ipynb"))
 
 
 def sync(device: torch.device) -> None:

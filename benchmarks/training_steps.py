@@ -530,6 +530,119 @@ def language_model(device: torch.device) -> Steps:
     )
 
 
+def pixelcnn(device: torch.device) -> Steps:
+    """The chapter's own ``train_step`` (the gated PixelCNN under autocast, the 256-way
+    cross-entropy in fp32), in fp32 and on the fast path from the same weights; the
+    plain twin runs the same layers without the input checks."""
+    cfg = full_settings("pixelcnn")
+    names = {
+        "raster_mask",
+        "vertical_mask",
+        "horizontal_mask",
+        "MaskedConv2d",
+        "GatedLayer",
+        "GatedPixelCNN",
+        "check_digits",
+        "nll_nats",
+        "train_step",
+    }
+    x = torch.randint(0, 256, (cfg.batch_size, 1, 28, 28), device=device)
+    labels = torch.randint(0, 10, (cfg.batch_size,), device=device)
+    namespaces = {
+        label: definitions(
+            "pixelcnn", names, {"cfg": SimpleNamespace(**vars(cfg), precision=prec)}
+        )
+        for label, prec in _precisions(device).items()
+    }
+    torch.manual_seed(0)
+    model0 = namespaces["chapter"]["GatedPixelCNN"](
+        cfg.channels, tuple(cfg.dilations)
+    ).to(device)
+    steps = {}
+    for label, prec in _precisions(device).items():
+        ns, m = namespaces[label], prec.prepare(copy.deepcopy(model0))
+        optimizer = torch.optim.Adam(m.parameters(), lr=cfg.lr)
+
+        def step(ns=ns, m=m, optimizer=optimizer) -> torch.Tensor:
+            loss = ns["train_step"](m, optimizer, x, labels)
+            loss.item()  # the loop's .item() call
+            return loss
+
+        steps[label] = step
+    m = copy.deepcopy(model0)
+    plain_optimizer = torch.optim.Adam(m.parameters(), lr=cfg.lr)
+
+    def plain() -> torch.Tensor:
+        v = h = x.float() * (2 / 255) - 1
+        for layer in m.layers:
+            v, h = layer(v, h, labels)
+        loss = F.cross_entropy(m.head(h), x[:, 0].long())
+        plain_optimizer.zero_grad()
+        loss.backward()
+        plain_optimizer.step()
+        return loss.detach()
+
+    steps["plain"] = plain
+    return steps
+
+
+def flow(device: torch.device) -> Steps:
+    """The chapter's own ``train_step`` (dequantization, RealNVP's coupling networks
+    under autocast, log-determinants in fp32, clipping), in fp32 and on the fast path
+    from the same weights; the plain twin writes the bound inline, drawing the
+    dequantization noise in the same order."""
+    cfg = full_settings("flow")
+    names = {
+        "check_digits",
+        "dequantize",
+        "squeeze",
+        "unsqueeze",
+        "AffineCoupling",
+        "RealNVP",
+        "nll_nats",
+        "train_step",
+    }
+    x = torch.randint(0, 256, (cfg.batch_size, 1, 28, 28), device=device)
+    namespaces = {
+        label: definitions(
+            "flow",
+            names,
+            {"math": math, "cfg": SimpleNamespace(**vars(cfg), precision=prec)},
+        )
+        for label, prec in _precisions(device).items()
+    }
+    torch.manual_seed(0)
+    model0 = namespaces["chapter"]["RealNVP"](
+        tuple(cfg.hidden), tuple(cfg.couplings)
+    ).to(device)
+    steps = {}
+    for label, prec in _precisions(device).items():
+        ns, m = namespaces[label], prec.prepare(copy.deepcopy(model0))
+        optimizer = torch.optim.Adam(m.parameters(), lr=cfg.lr)
+
+        def step(ns=ns, m=m, optimizer=optimizer) -> torch.Tensor:
+            loss = ns["train_step"](m, optimizer, x)
+            loss.item()  # the loop's .item() call
+            return loss
+
+        steps[label] = step
+    m = copy.deepcopy(model0)
+    plain_optimizer = torch.optim.Adam(m.parameters(), lr=cfg.lr)
+
+    def plain() -> torch.Tensor:
+        y = (x.float() + torch.rand(x.shape, device=device)) / 256
+        log_density = m.log_density(y)
+        loss = (784 * math.log(256) - log_density).mean() / (784 * math.log(2))
+        plain_optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        plain_optimizer.step()
+        return loss.detach()
+
+    steps["plain"] = plain
+    return steps
+
+
 def transformer(device: torch.device) -> Steps:
     """The chapter's own ``make_optimizer`` and ``train_step`` (the model under
     autocast, the loss in fp32, clipping, fused AdamW), in fp32 and on the fast path
@@ -573,7 +686,7 @@ def transformer(device: torch.device) -> Steps:
         ],
         lr=cfg.max_lr,
         betas=(0.9, 0.99),
-        fused=True,
+        fused=precision.fused_adam(device),
     )
 
     def plain() -> torch.Tensor:
@@ -691,6 +804,8 @@ CASES = {
     for f in (
         autoencoder,
         vae,
+        pixelcnn,
+        flow,
         gan,
         cgan,
         dcgan,
@@ -704,7 +819,7 @@ CASES = {
 }
 #: Chapters whose step is convolution-bound: their GFLOP/s is compared with the
 #: convolution peak.
-CONV_BOUND = {"dcgan", "diffusion", "style_transfer"}
+CONV_BOUND = {"pixelcnn", "flow", "dcgan", "diffusion", "style_transfer"}
 
 
 #: Steps made of matrix products: GFLOP/s against a matmul peak. Not the LSTM chapters:

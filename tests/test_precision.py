@@ -44,6 +44,27 @@ def test_the_switch_is_strict_and_fp32_is_one_variable_away(monkeypatch):
         precision.choose(CPU)
 
 
+def test_fused_adam_where_torch_has_it_and_the_same_steps_either_way():
+    """CPUs got the fused kernel in torch 2.4 (README, "Supported PyTorch versions");
+    older releases refuse ``fused=True``, and its answer keeps them working."""
+    release = tuple(int(n) for n in torch.__version__.split(".")[:2])
+    assert precision.fused_adam(CPU) is (release >= (2, 4))
+    if not torch.cuda.is_available():
+        assert precision.fused_adam(torch.device("cuda")) is False
+    losses = []
+    for fused in (precision.fused_adam(CPU), None):
+        torch.manual_seed(0)
+        layer = nn.Linear(8, 2)
+        optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=fused)
+        for _ in range(3):
+            loss = layer(torch.ones(4, 8)).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "flags, bf16, reason",
     [
@@ -108,9 +129,10 @@ def bf16_fast_path(monkeypatch):
     monkeypatch.setattr(training_steps, "_precisions", lambda device: forced)
 
 
-# conv GAN, MLP GAN, LSTM, U-Net, Transformer
+# conv GAN, MLP GAN, LSTM, U-Net, Transformer, masked convolutions, coupling flow
 @pytest.mark.parametrize(
-    "chapter", ["dcgan", "gan", "text_generation", "diffusion", "transformer"]
+    "chapter",
+    ["dcgan", "gan", "text_generation", "diffusion", "transformer", "pixelcnn", "flow"],
 )
 def test_a_few_bf16_steps_stay_close_to_fp32(bf16_fast_path, chapter):
     torch.manual_seed(0)

@@ -20,4 +20,6 @@ One module per concern; importing the package has no side effects:
   sampling
 - :mod:`utils.results`   -- the measured metrics each chapter records
 - :mod:`utils.notebooks` -- executing a chapter for the book with clean stored outputs
+- :mod:`utils.chapter_code` -- a chapter's own definitions (its cells tagged ``export``)
+  and settings, for scripts
 """

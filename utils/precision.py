@@ -21,6 +21,7 @@ to check numerics.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,20 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cpu":
         return cpu_bf16_unit() is not None
     return False  # MPS and others: fp32
+
+
+@functools.cache
+def fused_adam(device: torch.device) -> bool:
+    """Whether torch's fused Adam/AdamW kernel (one kernel over all parameters) runs on
+    ``device``: on CUDA it does, on a CPU only from torch 2.4 on, where older releases
+    refuse ``fused=True``. For ``AdamW(..., fused=fused_adam(device))``; False gives
+    the default loop, with the same results."""
+    try:
+        probe = torch.zeros(1, device=device, requires_grad=True)
+        torch.optim.AdamW([probe], fused=True)
+    except (RuntimeError, AssertionError):  # torch without CUDA asserts
+        return False
+    return True
 
 
 def requested() -> str:

@@ -433,5 +433,5 @@ def bits_per_dim_html(current: Mapping[str, Mapping[str, Any]] | None = None) ->
             )
         )
     return table_html(
-        ("model or code", "bits/dim", "setting", "where from"), rows, "results-table"
+        ("model or code", "bits/dim", "setting", "where from"), rows, "bits-table"
     )

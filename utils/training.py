@@ -121,13 +121,13 @@ def log_dir(chapter: str) -> Path:
     return base / chapter / time.strftime("%Y%m%d-%H%M%S")
 
 
-def tensorboard_writer(chapter: str):
-    """A tensorboardX ``SummaryWriter`` logging to :func:`log_dir`; view with
-    ``tensorboard --logdir runs``."""
+def tensorboard_writer(chapter: str, logdir: str | Path | None = None):
+    """A tensorboardX ``SummaryWriter`` logging to ``logdir`` (default
+    :func:`log_dir`); view with ``tensorboard --logdir runs``."""
     # imported here: only chapters that log need it
     from tensorboardX import SummaryWriter
 
-    return SummaryWriter(logdir=str(log_dir(chapter)))
+    return SummaryWriter(logdir=str(logdir or log_dir(chapter)))
 
 
 class Stopwatch:

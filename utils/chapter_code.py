@@ -1,0 +1,119 @@
+"""A chapter's own code outside its notebook: the definitions of its tagged cells, and
+its settings.
+
+A script that trains a chapter's model (``scripts/train_diffusion.py``) runs the
+chapter's classes and functions, executed from the notebook, so the two cannot drift
+apart. The chapter marks the cells it lends with a cell tag; only their imports,
+functions and classes run, never their other statements (a training loop, a figure).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+#: The cell tag of the cells whose definitions scripts may use.
+EXPORT_TAG = "export"
+
+
+class ChapterCodeError(ValueError):
+    """A notebook lacks the tagged cells, names or settings a script asks for."""
+
+
+def _code_cells(path: Path) -> list[dict]:
+    try:
+        nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ChapterCodeError(f"no notebook at {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ChapterCodeError(f"{path} is not a readable notebook ({exc})") from None
+    return [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+
+
+def _source(cell: dict) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def tagged_definitions(
+    path: Path,
+    names: set[str],
+    namespace: dict[str, Any] | None = None,
+    tag: str = EXPORT_TAG,
+) -> dict[str, Any]:
+    """Execute the imports, functions and classes of the code cells of ``path`` tagged
+    ``tag`` into ``namespace`` (which holds the globals they read, e.g. ``cfg``), and
+    return it; every other statement is skipped.
+
+    A notebook with no cell tagged ``tag``, or whose tagged cells define none of some
+    of ``names``, is a :class:`ChapterCodeError` that says what to tag.
+    """
+    namespace = {} if namespace is None else namespace
+    cells = [
+        (index, _source(cell))
+        for index, cell in enumerate(_code_cells(path))
+        if tag in cell.get("metadata", {}).get("tags", [])
+    ]
+    if not cells:
+        raise ChapterCodeError(
+            f"{Path(path).name} has no code cell tagged {tag!r}: add the tag to the "
+            f"cells that define {', '.join(sorted(names))} (cell metadata, tags)"
+        )
+    for index, source in cells:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as err:
+            raise ChapterCodeError(
+                f"code cell {index} of {Path(path).name} is tagged {tag!r} but is not "
+                f"plain Python ({err.msg})"
+            ) from None
+        keep = [
+            node
+            for node in tree.body
+            if isinstance(
+                node,
+                (
+                    ast.Import,
+                    ast.ImportFrom,
+                    ast.FunctionDef,
+                    ast.AsyncFunctionDef,
+                    ast.ClassDef,
+                ),
+            )
+        ]
+        module = ast.Module(body=keep, type_ignores=[])
+        exec(
+            compile(module, f"{Path(path).name}, code cell {index}", "exec"), namespace
+        )  # noqa: S102
+    missing = names - set(namespace)
+    if missing:
+        raise ChapterCodeError(
+            f"the cells of {Path(path).name} tagged {tag!r} define none of "
+            f"{sorted(missing)}: tag the cells that define them"
+        )
+    return namespace
+
+
+def setup_settings(path: Path) -> dict[str, Any]:
+    """The full-profile settings of the notebook's ``runtime.setup(full=dict(...))``
+    call, as a dict of Python literals."""
+    for source in (_source(cell) for cell in _code_cells(path)):
+        if "runtime.setup(" not in source:
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if (
+                isinstance(node, ast.keyword)
+                and node.arg == "full"
+                and isinstance(node.value, ast.Call)
+            ):
+                return {
+                    k.arg: ast.literal_eval(k.value)
+                    for k in node.value.keywords
+                    if k.arg is not None
+                }
+    raise ChapterCodeError(
+        f"{Path(path).name} has no runtime.setup(full=dict(...)) call to read "
+        "settings from"
+    )
