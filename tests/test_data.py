@@ -41,6 +41,26 @@ def test_real_mnist_loads_verified_and_unpacks_into_the_cache(data_home, cache_h
     )
 
 
+def test_mnist_tensors_read_without_torchvision_equal_its_dataset(
+    data_home, cache_home
+):
+    _copy_mnist(data_home)
+    for train in (True, False):
+        x, y = data.mnist_tensors(train=train, limit=300)
+        expected = data.as_tensors(data.mnist(train=train), limit=300)
+        assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])
+    assert data.mnist_tensors(train=False)[0].shape == (10_000, 1, 28, 28)
+
+
+def test_the_published_files_are_those_torchvision_lists():
+    from torchvision import datasets
+
+    for cls in (datasets.MNIST, datasets.FashionMNIST):
+        mirrors, md5s = data._IDX_PUBLISHED[cls.__name__]
+        assert list(mirrors) == list(cls.mirrors)
+        assert list(md5s.items()) == [tuple(r) for r in cls.resources]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "altered", "empty"])
 def test_a_damaged_mnist_file_is_rejected_with_its_name_and_the_fix(
     data_home, monkeypatch, damage

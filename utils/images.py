@@ -9,7 +9,6 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torchvision.utils import make_grid
 
 from . import sources
 
@@ -35,6 +34,8 @@ def grid_array(
     if value_range is not None:
         low, high = value_range
         images = (images - low) / (high - low)
+    from torchvision.utils import make_grid  # here: importing torchvision takes seconds
+
     grid = make_grid(images.clamp(0, 1), nrow=nrow, padding=padding, pad_value=1.0)
     return grid.permute(1, 2, 0).numpy()
 
