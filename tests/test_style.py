@@ -43,7 +43,9 @@ def _ruff_problems(folder: str) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("folder", ["utils", "benchmarks", "tools", "tests", "_ext"])
+@pytest.mark.parametrize(
+    "folder", ["utils", "benchmarks", "tools", "scripts", "tests", "_ext"]
+)
 def test_python_modules_are_formatted_and_lint_clean(folder):
     problems = _ruff_problems(folder)
     assert not problems, "\n".join(problems)

@@ -22,4 +22,6 @@ One module per concern; importing the package has no side effects:
 - :mod:`utils.notebooks` -- executing a chapter for the book with clean stored outputs
 - :mod:`utils.chapter_code` -- a chapter's own definitions (its cells tagged ``export``)
   and settings, for scripts
+- :mod:`utils.distributed` -- DistributedDataParallel training: the launch, shared
+  draws, gradient accumulation, resumable checkpoints
 """
