@@ -57,8 +57,9 @@ def test_the_published_files_are_those_torchvision_lists():
 
     for cls in (datasets.MNIST, datasets.FashionMNIST):
         mirrors, md5s = data._IDX_PUBLISHED[cls.__name__]
-        assert list(mirrors) == list(cls.mirrors)
-        assert list(md5s.items()) == [tuple(r) for r in cls.resources]
+        # the same hosts (torchvision 0.17.2 lists MNIST's in the other order)
+        assert set(mirrors) == set(cls.mirrors)
+        assert md5s == dict(cls.resources)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "altered", "empty"])

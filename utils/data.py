@@ -83,7 +83,8 @@ _IDX_CONTENT_SHA256 = {
 
 #: The hosts and the MD5 of the published .gz files, as torchvision's MNIST and
 #: FashionMNIST classes list them (``mirrors``, ``resources``; a test checks that they
-#: still agree), so that finding the files does not import torchvision.
+#: still agree), so that finding the files does not import torchvision. The order is
+#: torchvision 0.29's, the S3 mirror first, whichever torchvision is installed.
 _IDX_PUBLISHED = {
     "MNIST": (
         (
