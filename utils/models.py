@@ -18,6 +18,7 @@ from torch import nn
 
 from . import data, sources
 from .metrics import frechet_distance
+from .runtime import is_smoke
 from .training import progress
 
 #: Fashion-MNIST's ten classes, in label order.
@@ -96,7 +97,9 @@ def fashion_classifier(
     name = f"fashion_classifier_e{epochs}_n{train_size or 'all'}.pt"
     path = sources.cache_dir() / "checkpoints" / name
     model = FashionClassifier().to(device)
-    x_test, y_test = data.as_tensors(data.fashion_mnist(train=False))
+    # the whole test set; its first 1,000 images in the smoke profile
+    limit = 1_000 if is_smoke() else None
+    x_test, y_test = data.mnist_tensors(train=False, fashion=True, limit=limit)
     if cache and path.is_file() and _load(model, path, device):
         print(f"Loaded the Fashion-MNIST classifier from the cache ({name})")
     else:
@@ -130,7 +133,7 @@ def _load(model: FashionClassifier, path: Path, device: torch.device) -> bool:
 def _train(
     model: FashionClassifier, device: torch.device, epochs: int, train_size: int | None
 ) -> None:
-    x, y = data.as_tensors(data.fashion_mnist(train=True), train_size)
+    x, y = data.mnist_tensors(train=True, fashion=True, limit=train_size)
     with torch.random.fork_rng(
         devices=[]
     ):  # seeded, without disturbing the chapter's random stream
