@@ -530,6 +530,44 @@ def language_model(device: torch.device) -> Steps:
     )
 
 
+def _chapter_namespaces(
+    chapter: str, names: set[str], cfg: SimpleNamespace, device: torch.device, **known
+) -> dict[str, dict]:
+    """The chapter's definitions once per precision label, each reading its own
+    ``cfg.precision`` (and the globals in ``known``)."""
+    return {
+        label: definitions(
+            chapter,
+            names,
+            {**known, "cfg": SimpleNamespace(**vars(cfg), precision=prec)},
+        )
+        for label, prec in _precisions(device).items()
+    }
+
+
+def _train_steps(
+    namespaces: dict[str, dict],
+    model0: nn.Module,
+    lr: float,
+    device: torch.device,
+    *batch: torch.Tensor,
+) -> Steps:
+    """The chapter's own ``train_step(model, optimizer, *batch)`` with Adam, in fp32 and
+    on the fast path from copies of ``model0``, reading the loss as its loop does."""
+    steps = {}
+    for label, prec in _precisions(device).items():
+        ns, m = namespaces[label], prec.prepare(copy.deepcopy(model0))
+        optimizer = torch.optim.Adam(m.parameters(), lr=lr)
+
+        def step(ns=ns, m=m, optimizer=optimizer) -> torch.Tensor:
+            loss = ns["train_step"](m, optimizer, *batch)
+            loss.item()  # the loop's .item() call
+            return loss
+
+        steps[label] = step
+    return steps
+
+
 def pixelcnn(device: torch.device) -> Steps:
     """The chapter's own ``train_step`` (the gated PixelCNN under autocast, the 256-way
     cross-entropy in fp32), in fp32 and on the fast path from the same weights; the
@@ -548,27 +586,12 @@ def pixelcnn(device: torch.device) -> Steps:
     }
     x = torch.randint(0, 256, (cfg.batch_size, 1, 28, 28), device=device)
     labels = torch.randint(0, 10, (cfg.batch_size,), device=device)
-    namespaces = {
-        label: definitions(
-            "pixelcnn", names, {"cfg": SimpleNamespace(**vars(cfg), precision=prec)}
-        )
-        for label, prec in _precisions(device).items()
-    }
+    namespaces = _chapter_namespaces("pixelcnn", names, cfg, device)
     torch.manual_seed(0)
     model0 = namespaces["chapter"]["GatedPixelCNN"](
         cfg.channels, tuple(cfg.dilations)
     ).to(device)
-    steps = {}
-    for label, prec in _precisions(device).items():
-        ns, m = namespaces[label], prec.prepare(copy.deepcopy(model0))
-        optimizer = torch.optim.Adam(m.parameters(), lr=cfg.lr)
-
-        def step(ns=ns, m=m, optimizer=optimizer) -> torch.Tensor:
-            loss = ns["train_step"](m, optimizer, x, labels)
-            loss.item()  # the loop's .item() call
-            return loss
-
-        steps[label] = step
+    steps = _train_steps(namespaces, model0, cfg.lr, device, x, labels)
     m = copy.deepcopy(model0)
     plain_optimizer = torch.optim.Adam(m.parameters(), lr=cfg.lr)
 
@@ -603,29 +626,12 @@ def flow(device: torch.device) -> Steps:
         "train_step",
     }
     x = torch.randint(0, 256, (cfg.batch_size, 1, 28, 28), device=device)
-    namespaces = {
-        label: definitions(
-            "flow",
-            names,
-            {"math": math, "cfg": SimpleNamespace(**vars(cfg), precision=prec)},
-        )
-        for label, prec in _precisions(device).items()
-    }
+    namespaces = _chapter_namespaces("flow", names, cfg, device, math=math)
     torch.manual_seed(0)
     model0 = namespaces["chapter"]["RealNVP"](
         tuple(cfg.hidden), tuple(cfg.couplings)
     ).to(device)
-    steps = {}
-    for label, prec in _precisions(device).items():
-        ns, m = namespaces[label], prec.prepare(copy.deepcopy(model0))
-        optimizer = torch.optim.Adam(m.parameters(), lr=cfg.lr)
-
-        def step(ns=ns, m=m, optimizer=optimizer) -> torch.Tensor:
-            loss = ns["train_step"](m, optimizer, x)
-            loss.item()  # the loop's .item() call
-            return loss
-
-        steps[label] = step
+    steps = _train_steps(namespaces, model0, cfg.lr, device, x)
     m = copy.deepcopy(model0)
     plain_optimizer = torch.optim.Adam(m.parameters(), lr=cfg.lr)
 
@@ -730,14 +736,7 @@ def diffusion(device: torch.device) -> Steps:
     }
     x0 = torch.rand(cfg.batch_size, 1, 28, 28, device=device) * 2 - 1
     labels = torch.randint(0, 10, (cfg.batch_size,), device=device)
-    namespaces = {
-        label: definitions(
-            "diffusion",
-            names,
-            {"math": math, "cfg": SimpleNamespace(**vars(cfg), precision=prec)},
-        )
-        for label, prec in _precisions(device).items()
-    }
+    namespaces = _chapter_namespaces("diffusion", names, cfg, device, math=math)
     alpha_bar = namespaces["chapter"]["cosine_alpha_bar"](cfg.T).to(device)
     torch.manual_seed(0)
     model0 = namespaces["chapter"]["UNet"](tuple(cfg.channels)).to(device)
