@@ -1,6 +1,6 @@
-"""Shared fixtures: a headless matplotlib, an isolated data folder per test, and the
-real data folder; and, with several pytest-xdist workers, each worker's share of the
-cores."""
+"""Shared fixtures: a headless matplotlib, an isolated data folder per test, the
+real data folder and a toy WikiText-2; and, with several pytest-xdist workers, each
+worker's share of the cores."""
 
 import os
 import sys
@@ -27,7 +27,7 @@ _share_the_cores()
 
 import pytest  # noqa: E402
 
-from utils import sources  # noqa: E402
+from utils import data, sources  # noqa: E402
 
 #: The data folder the suite was started with (CI points it at ../shared/data), read
 #: before any test replaces it, so tests can copy real files from it.
@@ -60,4 +60,25 @@ def data_home(tmp_path, monkeypatch, cache_home):
     folder.mkdir()
     monkeypatch.setenv(sources.DATA_DIR_ENV, str(folder))
     monkeypatch.delenv(sources.OFFLINE_ENV, raising=False)
+    return folder
+
+
+@pytest.fixture
+def toy_wikitext(data_home, monkeypatch):
+    """WikiText-2's split logic on small synthetic files (the real valid/test files have
+    checksums)."""
+    monkeypatch.setenv(sources.OFFLINE_ENV, "1")
+    spec = data.FileSet(
+        **{
+            **data.WIKITEXT2_EVAL_FILES.__dict__,
+            "files": tuple(
+                data.Expected(e.name) for e in data.WIKITEXT2_EVAL_FILES.files
+            ),
+        }
+    )
+    monkeypatch.setattr(data, "WIKITEXT2_EVAL_FILES", spec)
+    folder = data_home / "wikitext-2"
+    folder.mkdir()
+    (folder / "valid.txt").write_text("".join(f" valid line {i} \n" for i in range(10)))
+    (folder / "test.txt").write_text(" test line \n")
     return folder

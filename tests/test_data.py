@@ -272,27 +272,6 @@ def test_a_wrong_nietzsche_file_is_rejected(data_home, monkeypatch, payload, rea
         data.nietzsche_text()
 
 
-@pytest.fixture
-def toy_wikitext(data_home, monkeypatch):
-    """WikiText-2's split logic on small synthetic files (the real valid/test files have
-    checksums)."""
-    monkeypatch.setenv(data.OFFLINE_ENV, "1")
-    spec = data.FileSet(
-        **{
-            **data.WIKITEXT2_EVAL_FILES.__dict__,
-            "files": tuple(
-                data.Expected(e.name) for e in data.WIKITEXT2_EVAL_FILES.files
-            ),
-        }
-    )
-    monkeypatch.setattr(data, "WIKITEXT2_EVAL_FILES", spec)
-    folder = data_home / "wikitext-2"
-    folder.mkdir()
-    (folder / "valid.txt").write_text("".join(f" valid line {i} \n" for i in range(10)))
-    (folder / "test.txt").write_text(" test line \n")
-    return folder
-
-
 def test_wikitext2_without_train_split_says_what_trains_on_what(toy_wikitext):
     with pytest.warns(
         UserWarning,

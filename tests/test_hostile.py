@@ -311,22 +311,8 @@ def test_a_huge_file_is_refused_without_reading_it(
     assert f"{path.parent}" in str(err.value)
 
 
-def test_a_huge_train_split_is_not_used(data_home, monkeypatch):
-    monkeypatch.setenv(sources.OFFLINE_ENV, "1")
-    spec = data.FileSet(
-        **{
-            **data.WIKITEXT2_EVAL_FILES.__dict__,
-            "files": tuple(
-                data.Expected(e.name) for e in data.WIKITEXT2_EVAL_FILES.files
-            ),
-        }
-    )
-    monkeypatch.setattr(data, "WIKITEXT2_EVAL_FILES", spec)
-    folder = data_home / "wikitext-2"
-    folder.mkdir()
-    (folder / "valid.txt").write_text(" a line \n" * 10)
-    (folder / "test.txt").write_text(" a line \n")
-    _sparse(folder / "train.txt", 3 << 30)
+def test_a_huge_train_split_is_not_used(toy_wikitext):
+    _sparse(toy_wikitext / "train.txt", 3 << 30)
     start = time.process_time()
     splits = data.wikitext2(warn=False)
     assert time.process_time() - start < 2 and "train.txt was not found" in splits.note
