@@ -39,7 +39,6 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -147,15 +146,6 @@ def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     return args, chapter
 
 
-def chapter_precision(device: torch.device) -> precision.Precision:
-    """The chapter's precision: the device's fast path (``GDL_PRECISION``), without bf16
-    on a CPU, where the chapter measured its U-Net slower in bf16."""
-    chosen = precision.choose(device)
-    if device.type == "cpu" and chosen.bf16 and precision.requested() == "auto":
-        chosen = replace(chosen, bf16=False, reason="bf16 off on a CPU, as the chapter")
-    return chosen
-
-
 def warmup_cosine(steps: int, warmup: int):
     """The chapter's schedule: linear warm-up, then a half cosine to zero."""
 
@@ -193,7 +183,10 @@ def train(args: argparse.Namespace, chapter: dict, launch: distributed.Launch) -
         T=chapter["T"],
         label_dropout=chapter["label_dropout"],
         min_snr=chapter["min_snr"],
-        precision=chapter_precision(device),
+        # as the chapter computes (its runtime.setup switches: no bf16 on a CPU)
+        precision=precision.for_chapter(
+            device, **chapter_code.precision_switches(args.notebook)
+        ),
     )
     ns = chapter_code.tagged_definitions(args.notebook, CHAPTER_NAMES, {"cfg": cfg})
     draws = distributed.SharedDraws(args.batch_size, args.seed)

@@ -96,24 +96,41 @@ def tagged_definitions(
     return namespace
 
 
-def setup_settings(path: Path) -> dict[str, Any]:
-    """The full-profile settings of the notebook's ``runtime.setup(full=dict(...))``
-    call, as a dict of Python literals."""
+def _setup_call(path: Path) -> ast.Call:
+    """The notebook's ``runtime.setup(...)`` call."""
     for source in (_source(cell) for cell in _code_cells(path)):
         if "runtime.setup(" not in source:
             continue
         for node in ast.walk(ast.parse(source)):
             if (
-                isinstance(node, ast.keyword)
-                and node.arg == "full"
-                and isinstance(node.value, ast.Call)
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "setup"
+                and any(
+                    k.arg == "full" and isinstance(k.value, ast.Call)
+                    for k in node.keywords
+                )
             ):
-                return {
-                    k.arg: ast.literal_eval(k.value)
-                    for k in node.value.keywords
-                    if k.arg is not None
-                }
+                return node
     raise ChapterCodeError(
         f"{Path(path).name} has no runtime.setup(full=dict(...)) call to read "
         "settings from"
     )
+
+
+def setup_settings(path: Path) -> dict[str, Any]:
+    """The full-profile settings of the notebook's ``runtime.setup(full=dict(...))``
+    call, as a dict of Python literals."""
+    full = next(k.value for k in _setup_call(path).keywords if k.arg == "full")
+    return {k.arg: ast.literal_eval(k.value) for k in full.keywords if k.arg}
+
+
+def precision_switches(path: Path) -> dict[str, bool]:
+    """The notebook's ``runtime.setup`` switches of its precision (``fast_path``,
+    ``bf16_on_cpu``, where it gives them), for ``precision.for_chapter``: a script
+    then computes as the chapter does."""
+    return {
+        k.arg: ast.literal_eval(k.value)
+        for k in _setup_call(path).keywords
+        if k.arg in ("fast_path", "bf16_on_cpu")
+    }

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -87,6 +87,29 @@ def fused_adam(device: torch.device) -> bool:
     except (RuntimeError, AssertionError):  # torch without CUDA asserts
         return False
     return True
+
+
+def for_chapter(
+    device: torch.device, fast_path: bool = True, bf16_on_cpu: bool = True
+) -> Precision:
+    """A chapter's precision from its ``runtime.setup`` switches: plain fp32 without
+    the fast path; the device's choice (:func:`choose`), with bf16 off on a CPU where
+    the chapter's network measured slower in bf16, unless ``$GDL_PRECISION`` asks."""
+    if not fast_path:
+        return fp32(device, "this chapter's small networks do not use the fast path")
+    chosen = choose(device)
+    if (
+        not bf16_on_cpu
+        and device.type == "cpu"
+        and chosen.bf16
+        and requested() == "auto"
+    ):
+        return replace(
+            chosen,
+            bf16=False,
+            reason="bf16 off: this chapter's network measured slower in bf16 on a CPU",
+        )
+    return chosen
 
 
 def requested() -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import platform
 import random
-from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, Mapping
 
@@ -136,22 +135,7 @@ def setup(
     device = get_device()
     cfg = settings(full, smoke, gpu)
     shown = ", ".join(f"{k}={v}" for k, v in vars(cfg).items() if k != "profile")
-    cfg.precision = precision.choose(device)
-    if not fast_path:
-        cfg.precision = precision.fp32(
-            device, "this chapter's small networks do not use the fast path"
-        )
-    elif (
-        not bf16_on_cpu
-        and device.type == "cpu"
-        and cfg.precision.bf16
-        and precision.requested() == "auto"
-    ):
-        cfg.precision = replace(
-            cfg.precision,
-            bf16=False,
-            reason="bf16 off: this chapter's network measured slower in bf16 on a CPU",
-        )
+    cfg.precision = precision.for_chapter(device, fast_path, bf16_on_cpu)
     print(
         f"profile: {cfg.profile} | device: {device_description(device)} | seed: "
         f"{seed}\nprecision: {cfg.precision.describe()}\nsettings: {shown}"
