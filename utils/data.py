@@ -238,15 +238,13 @@ def mnist_tensors(
     name = "FashionMNIST" if fashion else "MNIST"
     raw = _unpacked_root(name, locate(spec), spec) / name / "raw"
     split = "train" if train else "t10k"
-    arrays = []
-    for kind, header in (("images-idx3", 16), ("labels-idx1", 8)):
-        path = raw / f"{split}-{kind}-ubyte"
-        problem = _idx_problem(path)
-        if problem:  # damaged since it was unpacked
-            raise BadFileError(f"{path} is not a whole IDX file ({problem})")
-        arrays.append(np.fromfile(path, dtype=np.uint8, offset=header))
-    images = torch.from_numpy(arrays[0]).view(-1, 1, 28, 28)[:limit]
-    return images.float().div_(255.0), torch.from_numpy(arrays[1])[:limit].long()
+    # each file's IDX structure was checked by _unpacked_root (a damaged one rebuilt)
+    images, labels = (
+        np.fromfile(raw / f"{split}-{kind}-ubyte", dtype=np.uint8, offset=header)
+        for kind, header in (("images-idx3", 16), ("labels-idx1", 8))
+    )
+    images = torch.from_numpy(images).view(-1, 1, 28, 28)[:limit]
+    return images.float().div_(255.0), torch.from_numpy(labels)[:limit].long()
 
 
 def as_tensors(
