@@ -82,3 +82,27 @@ def toy_wikitext(data_home, monkeypatch):
     (folder / "valid.txt").write_text("".join(f" valid line {i} \n" for i in range(10)))
     (folder / "test.txt").write_text(" test line \n")
     return folder
+
+
+#: The batch the benchmark steps are checked on: their equalities do not depend on the
+#: batch size, and the full-profile batches make these checks a minute of CPU.
+CHECK_BATCH = 8
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    """The benchmark cases (``benchmarks.training_steps``) built from each chapter's
+    full-profile settings, with the batch cut to ``CHECK_BATCH``."""
+    from types import SimpleNamespace
+
+    from benchmarks import training_steps
+
+    full = training_steps.full_settings
+
+    def settings(chapter: str) -> SimpleNamespace:
+        cfg = full(chapter)
+        if hasattr(cfg, "batch_size"):
+            cfg.batch_size = min(cfg.batch_size, CHECK_BATCH)
+        return cfg
+
+    monkeypatch.setattr(training_steps, "full_settings", settings)

@@ -26,7 +26,9 @@ def fp32_fast_path(monkeypatch):
 @pytest.mark.parametrize(
     "chapter", [c for c in training_steps.CASES if c != "style_transfer"]
 )
-def test_chapter_fast_and_plain_steps_compute_the_same_losses(fp32_fast_path, chapter):
+def test_chapter_fast_and_plain_steps_compute_the_same_losses(
+    fp32_fast_path, small_batches, chapter
+):
     torch.manual_seed(0)
     steps = training_steps.CASES[chapter](torch.device("cpu"))
     assert set(steps) == {"chapter", "fast", "plain"}

@@ -134,7 +134,7 @@ def bf16_fast_path(monkeypatch):
     "chapter",
     ["dcgan", "gan", "text_generation", "diffusion", "transformer", "pixelcnn", "flow"],
 )
-def test_a_few_bf16_steps_stay_close_to_fp32(bf16_fast_path, chapter):
+def test_a_few_bf16_steps_stay_close_to_fp32(bf16_fast_path, small_batches, chapter):
     torch.manual_seed(0)
     steps = training_steps.CASES[chapter](CPU)
     for _ in range(3):
