@@ -451,6 +451,21 @@ def test_switch_values_that_are_accepted(monkeypatch, value, on):
     assert runtime.env_flag("GDL_SOME_SWITCH") is on
 
 
+def test_the_file_handling_starts_without_torch():
+    """utils.sources (downloads, cache, checksums) imports no torch: processes that
+    only fetch or check files start in a fraction of a second, not seconds."""
+    probe = "import sys; from utils import sources; print('torch' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("value", ["ture", "2", "smoke", "full", "1 0"])
 def test_a_mistyped_switch_is_an_error_naming_the_variable_and_values(
     monkeypatch, value

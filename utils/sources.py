@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .runtime import env_flag
+from .switches import env_flag
 
 #: Environment variable naming the folder where datasets are looked for first (read
 #: only).
@@ -89,7 +89,7 @@ def cache_dir() -> Path:
 
 def offline() -> bool:
     """True when ``$GDL_OFFLINE`` asks not to use the network (strictly parsed, see
-    ``runtime.env_flag``)."""
+    ``switches.env_flag``)."""
     return env_flag(OFFLINE_ENV)
 
 
