@@ -2,8 +2,8 @@
 
 One module per concern; importing the package has no side effects:
 
-- :mod:`utils.runtime`   -- profiles (smoke/full), strict switches, device choice,
-  seeding
+- :mod:`utils.switches`  -- the strict on/off environment switches (no torch import)
+- :mod:`utils.runtime`   -- profiles (smoke/full), device choice, seeding
 - :mod:`utils.precision` -- the fast path: channels_last, bf16 autocast where the device
   has bf16 units
 - :mod:`utils.sources`   -- where files come from, their verification, atomic writes;
