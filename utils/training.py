@@ -8,13 +8,15 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Iterable, Sequence, TypeVar
 
-import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from tqdm.std import tqdm as tqdm_text
 
-from .runtime import env_flag
+from .switches import env_flag
+
+if TYPE_CHECKING:  # pyplot is imported where a plot is drawn: training scripts skip it
+    import matplotlib.pyplot as plt
 
 T = TypeVar("T")
 
@@ -79,6 +81,8 @@ class History:
     ) -> plt.Axes:
         """Plot the named series (all by default) against their step, starting at 1."""
         if ax is None:
+            import matplotlib.pyplot as plt
+
             _, ax = plt.subplots(figsize=(6, 3.5))
         for name in names or list(self.series):
             values = self.series[name]
