@@ -651,26 +651,29 @@ def flow(device: torch.device) -> Steps:
 
 def transformer(device: torch.device) -> Steps:
     """The chapter's own ``make_optimizer`` and ``train_step`` (the model under
-    autocast, the loss in fp32, clipping, fused AdamW), in fp32 and on the fast path
-    from the same weights; the plain twin runs the same modules' layers through ``F``,
-    drawing the dropout masks in the same order."""
+    autocast, the loss in fp32, clipping, AdamW fused where torch has it), in fp32 and
+    on the fast path from the same weights; the plain twin runs the same modules'
+    layers through ``F``, drawing the dropout masks in the same order."""
     cfg = full_settings("transformer")
     vocab_size = 59  # the characters of the Nietzsche text
-    names = {"causal_sdpa", "CausalSelfAttention", "Block", "CharGPT", "make_optimizer"}
+    names = {
+        "causal_sdpa",
+        "CausalSelfAttention",
+        "Block",
+        "CharGPT",
+        "make_optimizer",
+        "train_step",
+    }
+    namespaces = _chapter_namespaces("transformer", names, cfg, device)
     torch.manual_seed(0)
-    model0 = definitions("transformer", names)["CharGPT"](
+    model0 = namespaces["chapter"]["CharGPT"](
         vocab_size, cfg.block_size, cfg.layers, cfg.channels, cfg.heads, cfg.dropout
     ).to(device)
     B, T, C, p = cfg.batch_size, cfg.block_size, cfg.channels, cfg.dropout
     inputs = torch.randint(0, vocab_size, (B, T), device=device)
     targets = torch.randint(0, vocab_size, (B, T), device=device)
     steps = {}
-    for label, prec in _precisions(device).items():
-        ns = definitions(
-            "transformer",
-            names | {"train_step"},
-            {"cfg": SimpleNamespace(precision=prec)},
-        )
+    for label, ns in namespaces.items():
         # a deep copy keeps the output layer tied to the embedding
         m = copy.deepcopy(model0)
         optimizer = ns["make_optimizer"](m, cfg.max_lr, cfg.weight_decay)

@@ -167,10 +167,10 @@ def _idx_problem(path: Path) -> str | None:
 
 def _unpacked_root(name: str, folder: Path, spec: FileSet) -> Path:
     """A root that torchvision's class ``name`` reads (``cls(root, download=False)``):
-    the verified ``.gz`` files of
-    ``folder`` unpacked into the cache, under a key of their content (the digest they
-    were verified against, so no file is hashed again), so a fixed source gives a fresh
-    copy. A missing, empty or damaged unpacked file is rebuilt."""
+    the verified ``.gz`` files of ``folder`` unpacked into the cache, under a key of
+    their content (the digest they were verified against, so no file is hashed again),
+    so a fixed source gives a fresh copy. A missing, empty or damaged unpacked file is
+    rebuilt."""
     digests = (e.gunzip_sha256 or md5sum(folder / e.name) for e in spec.files)
     key = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
     root = cache_dir() / "unpacked" / f"{name}-{key}"
