@@ -8,6 +8,7 @@ the notebook), never a copy, so the two cannot drift apart.
 from __future__ import annotations
 
 import ast
+import re
 import statistics
 import time
 from pathlib import Path
@@ -141,6 +142,15 @@ def matmul_peak_gflops(
         y.float().sum().backward()
 
     return achieved_gflops(step, repeats, device)
+
+
+def uses_convolutions(chapter: str) -> bool:
+    """Whether the chapter's model has convolutions (``nn.Conv...`` layers, or VGG19's
+    from ``utils.vgg``): only these change with channels_last, so without bf16 the fast
+    path of any other chapter is its fp32 step itself."""
+    return any(
+        re.search(r"\bnn\.Conv|\bvgg\.", source) for source in code_cells(chapter)
+    )
 
 
 def chapter_precision(chapter: str) -> str:

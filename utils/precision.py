@@ -6,16 +6,22 @@ run about twice as fast where the hardware has bf16 instructions: CUDA GPUs of c
 capability 8.0 or newer, and CPUs with AMX or AVX-512 BF16 (measured on the book's CPUs,
 README, "Benchmarks"; a network that still runs slower in bf16, such as one of narrow
 convolutions between GroupNorm layers, is kept in fp32 by its chapter's
-``runtime.setup(bf16_on_cpu=False)``). Elsewhere (AVX2 CPUs, older
-GPUs, MPS) bf16 is emulated and slower, so it is chosen from what the device reports,
-never assumed. Under ``torch.autocast`` only the products and convolutions run in bf16:
-weights, optimiser state, losses (autocast keeps them in fp32) and metrics stay in fp32.
+``runtime.setup(bf16_on_cpu=False)``). Elsewhere bf16 is converted to fp32 and back and
+is slower, so it is chosen from what the device reports, never assumed: on a CPU, from
+its class (:func:`cpu_class`: what torch detects, lowered to what oneDNN and ATen may
+use). AVX-512 without bf16 units converts; on AVX2 oneDNN has no bf16 at all, and an
+LSTM cannot run in bf16 there. Under ``torch.autocast`` only the products and
+convolutions run in bf16: weights, optimiser state, losses (autocast keeps them in fp32)
+and metrics stay in fp32.
 
 channels_last (the NHWC layout oneDNN and cuDNN convolve fastest) is part of the fast
-path on CPUs and CUDA devices alike. ``GDL_PRECISION=fp32`` turns the whole fast path
-off: plain fp32 in the default memory format, the reference every fast path is checked
-against; ``GDL_PRECISION=bf16`` turns bf16 on whatever the device reports, to compare or
-to check numerics.
+path on CPUs and CUDA devices alike; it changes only convolutional models, and no
+convolutional chapter's step measured slower with it than in fp32's default layout on
+the CPU classes tried (README, "Benchmarks"). ``GDL_PRECISION=fp32`` turns the whole
+fast path off: plain fp32 in the default memory format, the reference every fast path is
+checked against; ``GDL_PRECISION=bf16`` turns bf16 on whatever the device reports, to
+compare or to check numerics; where the device has no bf16 kernel for an operation, the
+chapter stops with :class:`Bf16Unsupported`, which names it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
@@ -46,25 +54,148 @@ def cpu_flags() -> set[str]:
         return set()
 
 
+def cpu_features() -> set[str]:
+    """The CPU's instruction sets, lower-case (``avx2``, ``avx512f``, ``avx512_bf16``,
+    ``amx_bf16``): as torch detects them (``torch.cpu.get_capabilities``, CPUID on any
+    operating system, torch 2.9 and newer), else as /proc/cpuinfo names them, else from
+    torch's older yes/no questions (Windows and macOS before torch 2.9)."""
+    try:
+        capabilities = torch.cpu.get_capabilities()  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        capabilities = None
+    if capabilities:
+        found = {name for name, value in capabilities.items() if value is True}
+        # cpuinfo says avx512_f where /proc/cpuinfo says avx512f
+        return found | {name.replace("avx512_f", "avx512f") for name in found}
+    flags = cpu_flags()
+    if flags:
+        return flags
+    asked = {
+        "amx_bf16": "_is_amx_tile_supported",
+        "avx512_bf16": "_is_avx512_bf16_supported",
+        "avx512f": "_is_avx512_supported",
+        "avx2": "_is_avx2_supported",
+    }
+    found = set()
+    for name, question in asked.items():
+        try:
+            if getattr(torch.cpu, question)():
+                found.add(name)
+        except (AttributeError, RuntimeError):
+            continue
+    return found
+
+
+#: The CPU classes the book tells apart, slowest first. bf16 products run natively in
+#: the last two; AVX-512 without them converts bf16 to fp32 (slower than fp32); AVX2
+#: converts too, and oneDNN has no bf16 LSTM there at all.
+CPU_CLASSES = ("x86-64", "AVX2", "AVX-512", "AVX-512 BF16", "AMX")
+#: oneDNN's ``ONEDNN_MAX_CPU_ISA`` values (oneDNN's documentation, "CPU dispatcher
+#: control") and the class each allows at most; ``ALL`` and ``DEFAULT`` allow all.
+_ONEDNN_ISA = {
+    "SSE41": "x86-64",
+    "AVX": "x86-64",
+    "AVX2": "AVX2",
+    "AVX2_VNNI": "AVX2",
+    "AVX2_VNNI_2": "AVX2",
+    "AVX512_CORE": "AVX-512",
+    "AVX512_CORE_VNNI": "AVX-512",
+    "AVX512_CORE_BF16": "AVX-512 BF16",
+    "AVX512_CORE_FP16": "AVX-512 BF16",
+    "AVX10_1_512": "AVX-512 BF16",
+    "AVX10_2_512": "AVX-512 BF16",
+}
+#: ATen's ``ATEN_CPU_CAPABILITY`` (``torch.backends.cpu.get_cpu_capability()``, which
+#: older releases call ``NO AVX`` when lowered to the default) and the class it allows
+#: at most.
+_ATEN_CAPABILITY = {"DEFAULT": "x86-64", "NO AVX": "x86-64", "AVX2": "AVX2"}
+
+
+def _hardware_class() -> str:
+    features = cpu_features()
+    if "amx_bf16" in features:
+        return "AMX"
+    if "avx512_bf16" in features:
+        return "AVX-512 BF16"
+    if "avx512f" in features:
+        return "AVX-512"
+    return "AVX2" if "avx2" in features else "x86-64"
+
+
+def _aten_capability() -> str:
+    """The vector instructions ATen's own kernels use: ``"AVX512"``, ``"AVX2"``,
+    ``"DEFAULT"`` (``ATEN_CPU_CAPABILITY`` lowers it), or "" where torch cannot say."""
+    try:
+        import torch.backends.cpu
+
+        return torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):  # torch before 2.1
+        return ""
+
+
+def cpu_class() -> str:
+    """The class of this CPU for the book's fast path: ``"AMX"``, ``"AVX-512 BF16"``,
+    ``"AVX-512"``, ``"AVX2"`` or ``"x86-64"`` (older x86 CPUs), or the machine's
+    architecture elsewhere (``"arm64"``, ...).
+
+    It is what the CPU has, lowered to what oneDNN and ATen are allowed to use:
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` with ``ATEN_CPU_CAPABILITY=avx2`` makes an AMX machine
+    compute, and this function answer, as an AVX2 laptop does (the suite checks the
+    AVX2 class that way on any x86 machine).
+    """
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return machine or "unknown"
+    rank = CPU_CLASSES.index(_hardware_class())
+    isa = (
+        os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    )
+    if isa.strip().upper() in _ONEDNN_ISA:
+        rank = min(rank, CPU_CLASSES.index(_ONEDNN_ISA[isa.strip().upper()]))
+    aten = _aten_capability()
+    if aten in _ATEN_CAPABILITY:
+        rank = min(rank, CPU_CLASSES.index(_ATEN_CAPABILITY[aten]))
+    return CPU_CLASSES[rank]
+
+
+def limited_from() -> str | None:
+    """The class the CPU itself has, where ``ONEDNN_MAX_CPU_ISA`` or
+    ``ATEN_CPU_CAPABILITY`` makes it compute as a lower one (:func:`cpu_class`), else
+    None."""
+    found = cpu_class()
+    if found not in CPU_CLASSES:
+        return None
+    own = _hardware_class()
+    return own if own != found else None
+
+
+def onednn_bf16() -> bool:
+    """Whether oneDNN, torch's CPU library for products, convolutions and LSTMs, runs
+    bf16 on this CPU at all (natively, or by conversion on AVX-512), as torch reports
+    it (``torch.ops.mkldnn._is_mkldnn_bf16_supported``, which honours
+    ``ONEDNN_MAX_CPU_ISA``). Where it does not (AVX2), products and convolutions fall
+    back to slow generic bf16 code, and an LSTM cannot run in bf16."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return cpu_class() in ("AVX-512", "AVX-512 BF16", "AMX")
+
+
 def cpu_bf16_unit() -> str | None:
-    """The CPU's bf16 instructions, ``"AMX"`` or ``"AVX-512 BF16"``, or None where it
-    has neither.
+    """The CPU's bf16 instructions, ``"AMX"`` or ``"AVX-512 BF16"``, where oneDNN may
+    use them, or None.
 
     oneDNN runs bf16 products on both at about twice the fp32 rate (measured on the
     book's AVX-512 BF16 CPU: 358 against 162 GFLOP/s); without them bf16 is converted to
     fp32 and back, which is slower.
     """
-    flags = cpu_flags()
-    if "amx_bf16" in flags:
-        return "AMX"
-    if "avx512_bf16" in flags:
-        return "AVX-512 BF16"
-    return None
+    found = cpu_class()
+    return found if found in ("AMX", "AVX-512 BF16") and onednn_bf16() else None
 
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` runs bf16 products faster than fp32 (CUDA: compute capability
-    8.0 or newer; CPU: AMX or AVX-512 BF16)."""
+    8.0 or newer; CPU: AMX or AVX-512 BF16 that oneDNN may use)."""
     if device.type == "cuda":
         return (
             torch.cuda.is_available()
@@ -73,6 +204,50 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cpu":
         return cpu_bf16_unit() is not None
     return False  # MPS and others: fp32
+
+
+class Bf16Unsupported(RuntimeError):
+    """bf16 was forced (``GDL_PRECISION=bf16``) on a device that has no bf16 kernel for
+    one of the model's operations."""
+
+
+#: oneDNN's message when it has no kernel for a primitive in the data type asked for.
+_NO_PRIMITIVE = re.compile(
+    r"could not create a primitive descriptor"
+    r"(?: for (?:an? |the )?(?P<op>.+?) primitive)?"
+)
+
+
+class _Bf16Autocast:
+    """``torch.autocast`` to bf16 that turns oneDNN's "could not create a primitive
+    descriptor" into a :class:`Bf16Unsupported` naming the operation, the CPU and the
+    switch to set."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.inner = torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def __enter__(self) -> None:
+        self.inner.__enter__()
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        self.inner.__exit__(kind, error, traceback)
+        found = _NO_PRIMITIVE.search(str(error)) if error is not None else None
+        if found and self.device.type == "cpu":
+            x86 = cpu_class() in CPU_CLASSES
+            what = f"the {found['op']}" if found["op"] else "one of its operations"
+            raise Bf16Unsupported(
+                f"bf16 autocast cannot run this model on this CPU ({cpu_class()}): "
+                f"oneDNN has no bf16 kernel for {what} here"
+                + ("" if onednn_bf16() or not x86 else " (it needs AVX-512)")
+                + (
+                    f". Unset {PRECISION_ENV} (auto computes in fp32 on this CPU) or "
+                    f"set {PRECISION_ENV}=fp32."
+                    if requested() == "bf16"
+                    else f". Set {PRECISION_ENV}=fp32."
+                )
+            ) from None
+        return False
 
 
 @functools.cache
@@ -144,7 +319,7 @@ class Precision:
         fp32)."""
         if not self.bf16:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return _Bf16Autocast(self.device)
 
     def prepare(self, x: M) -> M:
         """A convolutional model or a 4-D image batch in the memory format of the fast
@@ -182,7 +357,13 @@ def choose(device: torch.device) -> Precision:
         return fp32(device, f"{PRECISION_ENV}=fp32")
     layout = device.type in ("cpu", "cuda")
     if wanted == "bf16":
-        return Precision(device, True, layout, f"{PRECISION_ENV}=bf16")
+        reason = f"{PRECISION_ENV}=bf16"
+        if device.type == "cpu" and cpu_class() in CPU_CLASSES and not onednn_bf16():
+            reason += (
+                f"; oneDNN has no bf16 on this {cpu_class()} CPU: slow, and an LSTM "
+                "stops with an error"
+            )
+        return Precision(device, True, layout, reason)
     if native_bf16(device):
         what = (
             cpu_bf16_unit()
@@ -195,6 +376,6 @@ def choose(device: torch.device) -> Precision:
             device,
             False,
             layout,
-            "no bf16 instructions on this CPU: bf16 would be slower",
+            f"no bf16 units on this {cpu_class()} CPU: bf16 would be slower",
         )
     return Precision(device, False, layout, f"no native bf16 on this {device.type}")
