@@ -3,9 +3,11 @@
 One module per concern; importing the package has no side effects:
 
 - :mod:`utils.switches`  -- the strict on/off environment switches (no torch import)
-- :mod:`utils.runtime`   -- profiles (smoke/full), device choice, seeding
-- :mod:`utils.precision` -- the fast path: channels_last, bf16 autocast where the device
-  has bf16 units
+- :mod:`utils.runtime`   -- profiles (smoke/short/full), device choice, seeding
+- :mod:`utils.precision` -- the CPU class and the fast path: channels_last, bf16
+  autocast where the device has bf16 units
+- :mod:`utils.budget`    -- a chapter's pace on this machine, and its short run where
+  the full one would take too long
 - :mod:`utils.sources`   -- where files come from, their verification, atomic writes;
   one clear error
 - :mod:`utils.data`      -- the datasets (MNIST family, CelebA faces, texts) built on

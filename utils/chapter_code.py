@@ -125,6 +125,15 @@ def setup_settings(path: Path) -> dict[str, Any]:
     return {k.arg: ast.literal_eval(k.value) for k in full.keywords if k.arg}
 
 
+def short_settings(path: Path) -> dict[str, Any]:
+    """The settings the notebook's short run lowers (its ``runtime.setup`` call's
+    ``short=dict(...)``), or an empty dict where it offers none."""
+    for k in _setup_call(path).keywords:
+        if k.arg == "short" and isinstance(k.value, ast.Call):
+            return {s.arg: ast.literal_eval(s.value) for s in k.value.keywords if s.arg}
+    return {}
+
+
 def precision_switches(path: Path) -> dict[str, bool]:
     """The notebook's ``runtime.setup`` switches of its precision (``fast_path``,
     ``bf16_on_cpu``, where it gives them), for ``precision.for_chapter``: a script

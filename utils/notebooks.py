@@ -1,6 +1,13 @@
 """Execute a chapter for the book: its full profile, with outputs stored cleanly.
 
 Usage: ``python -m utils.notebooks book/autoencoder.ipynb [more.ipynb ...]``.
+``--short`` runs each chapter's short run instead (``GDL_SHORT=1``, see
+``utils.budget``): the chapter writes its record to ``book/results/short/``, and the
+notebook is not stored, since the book shows full runs. ``--avx2`` runs the full profile
+limited to AVX2 kernels (``ONEDNN_MAX_CPU_ISA=AVX2``, ``ATEN_CPU_CAPABILITY=avx2``: the
+fp32 path of a CPU without AVX-512 or bf16 units, on any x86 machine that has AVX2) and
+records it in ``book/results/avx2/``, for the time table of the README and the pace
+estimates; its notebook is not stored either.
 
 What can be cleaned is cleaned when the outputs are stored: progress bars are plain text
 (see :func:`utils.training.progress`) and only each loop's final bar is kept, streams
@@ -14,13 +21,16 @@ committed notebook.
 from __future__ import annotations
 
 import base64
+import os
+import platform
 import re
 import struct
 import sys
 import time
 from pathlib import Path
 
-from .runtime import is_smoke
+from .chapter_code import short_settings
+from .switches import SHORT_ENV, is_short, is_smoke
 
 _OVERWRITTEN = re.compile(r"[^\n]*\r(?!\n)")
 #: A tqdm text bar: "<desc>:  40%|████      | 4/10 [00:01<00:02, 2.5it/s]" (the
@@ -173,17 +183,49 @@ def problems(nb) -> list[str]:
     return found
 
 
-def execute(path: Path, timeout: int = 3600) -> tuple[float, list[str]]:
-    """Run a notebook in its own folder with the full profile; store cleaned outputs;
-    return the seconds it took and the problems :func:`problems` finds in what was
-    stored."""
-    import os
+#: The environment of an ``--avx2`` run: oneDNN and ATen limited to AVX2 kernels.
+AVX2_LIMITS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
+
+def _avx2_run(path: Path) -> None:
+    """Set up an ``--avx2`` run of ``path``: the kernel limits, and the records folder
+    ``book/results/avx2`` of the notebook's checkout."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise RuntimeError(
+            "--avx2 limits an x86 CPU to its AVX2 kernels; this is "
+            f"{platform.machine()}"
+        )
+    os.environ.update(AVX2_LIMITS)
+    os.environ["GDL_RESULTS_DIR"] = str(path.resolve().parent / "results" / "avx2")
+
+
+def execute(
+    path: Path, timeout: int = 3600, short: bool = False, avx2: bool = False
+) -> tuple[float, list[str]]:
+    """Run a notebook in its own folder with the full profile (or, with ``short``, its
+    short run; with ``avx2``, the full profile on AVX2 kernels; neither stores its
+    outputs); store cleaned outputs; return the seconds it took and the problems
+    :func:`problems` finds in what was stored."""
     import nbformat
     from nbclient import NotebookClient
 
+    if short and avx2:
+        raise RuntimeError("--short and --avx2 are two different runs: choose one")
     if is_smoke():  # strictly parsed: a mistyped value is an error here too
         raise RuntimeError("unset GDL_SMOKE: the book stores the outputs of a full run")
+    if is_short() and not short:
+        raise RuntimeError(
+            f"unset {SHORT_ENV}: the book stores the outputs of a full run (--short "
+            "runs a chapter's short run and records only its results)"
+        )
+    if short and not short_settings(path):
+        raise RuntimeError(
+            f"{path.name} offers no short run (no short=dict(...) in its "
+            "runtime.setup): run it in full, without --short"
+        )
+    if avx2:
+        _avx2_run(path)
+    os.environ[SHORT_ENV] = "1" if short else "0"
     os.environ["GDL_TEXT_PROGRESS"] = "1"
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
@@ -193,9 +235,12 @@ def execute(path: Path, timeout: int = 3600) -> tuple[float, list[str]]:
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
     ).execute()
+    seconds = time.perf_counter() - start
     clean_outputs(nb)
+    if short or avx2:
+        return seconds, []
     nbformat.write(nb, path)
-    return time.perf_counter() - start, problems(nb)
+    return seconds, problems(nb)
 
 
 #: The results page: its table is stored output too, so it is re-executed after any
@@ -204,15 +249,20 @@ RESULTS_PAGE = "results.ipynb"
 
 
 def main(names: list[str]) -> int:
-    status = 0
+    status, short, avx2 = 0, "--short" in names, "--avx2" in names
+    names = [name for name in names if name not in ("--short", "--avx2")]
     for name in names:
-        seconds, found = execute(Path(name))
+        seconds, found = execute(Path(name), short=short, avx2=avx2)
         print(f"{name}: executed in {seconds:.0f} s")
         for problem in found:
             print(f"  {name}: {problem}", file=sys.stderr)
             status = 1
     pages = [Path(name) for name in names]
-    if pages and all(page.name != RESULTS_PAGE for page in pages):
+    if (
+        pages
+        and not (short or avx2)
+        and all(page.name != RESULTS_PAGE for page in pages)
+    ):
         page = pages[-1].parent / RESULTS_PAGE
         print(
             "Next: re-execute the results page, python -m utils.notebooks "

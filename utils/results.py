@@ -22,12 +22,21 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .precision import Precision, choose
-from .runtime import device_description, is_smoke
+from . import budget
+from .precision import Precision, choose, cpu_class
+from .runtime import chosen_profile, device_description, is_smoke
 from .sources import atomic_path
 
 #: Environment variable that overrides where results files go.
 RESULTS_DIR_ENV = "GDL_RESULTS_DIR"
+#: The profiles whose runs are recorded: a full run in ``<chapter>.json``, a short run
+#: (``GDL_SHORT=1``) in ``short/<chapter>.json``; smoke runs are never recorded.
+RECORDED_PROFILES = ("full", "short")
+#: Records of full runs on a CPU class other than the book's, kept for the time a
+#: chapter takes there (README, "Time per chapter") and for the pace estimates of
+#: ``utils.budget``: ``avx2/<chapter>.json``, written by ``python -m utils.notebooks
+#: --avx2`` (a full run limited to AVX2 kernels). Kind -> the CPU class it must record.
+CLASS_RECORDS = {"avx2": "AVX2"}
 _CHAPTER = re.compile(r"^[a-z][a-z0-9_]*$")
 #: A clause of a headline's reference that holds a number must say where the number
 #: comes from.
@@ -106,8 +115,10 @@ def check_record(record: Mapping[str, Any]) -> list[str]:
     )
     if not isinstance(chapter, str) or not _CHAPTER.match(chapter):
         problems.append(f"'chapter' must be a lower-case name, got {chapter!r}")
-    if record.get("profile") != "full":
-        problems.append(f"'profile' must be 'full', got {record.get('profile')!r}")
+    if record.get("profile") not in RECORDED_PROFILES:
+        problems.append(
+            f"'profile' must be 'full' or 'short', got {record.get('profile')!r}"
+        )
     if not isinstance(metrics, Mapping) or not metrics:
         problems.append("'metrics' must be a non-empty object")
         metrics = {}
@@ -185,23 +196,28 @@ def save_results(
     """
     # strictly parsed: a mistyped switch is an error before anything else
     smoke = is_smoke()
+    profile = "full" if smoke else chosen_profile()
     record = {
         "chapter": chapter,
-        "profile": "full",
+        "profile": profile,
         "headline": {"metric": headline, "meaning": meaning, "reference": reference},
         "metrics": {str(k): plain(v, str(k)) for k, v in metrics.items()},
         "device": device_description(device),
         "threads": torch.get_num_threads(),
+        **({"cpu_class": cpu_class()} if device.type == "cpu" else {}),
         "precision": (precision or choose(device)).describe(),
         "wall_time_s": round(float(wall_time_s), 1),
     }
+    pace = budget.measured()
+    if pace is not None:  # the main training loop, timed by utils.budget.Pace
+        record["pace"] = pace
     problems = check_record(record)
     if problems:
         raise ValueError(
             f"the results of {chapter!r} are not recordable: " + "; ".join(problems)
         )
     # resolved in every profile: a wrong target fails early too
-    path = results_dir() / f"{chapter}.json"
+    path = record_path(chapter, profile)
     if smoke:
         print(f"Smoke profile: {chapter} results are not saved.")
         return None
@@ -211,24 +227,52 @@ def save_results(
     return path
 
 
-def load_results(chapter: str) -> dict:
-    """The recorded results of a chapter, checked; a clear error names a missing or
-    malformed file."""
-    path = results_dir() / f"{chapter}.json"
-    record, problem = _read(path)
+def record_path(chapter: str, profile: str = "full") -> Path:
+    """Where the record of ``chapter``'s run in ``profile`` lives: ``<chapter>.json``
+    for a full run, ``short/<chapter>.json`` for a short one, ``avx2/<chapter>.json``
+    for a full run on an AVX2 CPU (:data:`CLASS_RECORDS`)."""
+    if profile not in RECORDED_PROFILES and profile not in CLASS_RECORDS:
+        raise ValueError(
+            f"{profile!r} runs are not recorded: "
+            f"{', '.join(RECORDED_PROFILES + tuple(CLASS_RECORDS))}"
+        )
+    folder = results_dir() / ("" if profile == "full" else profile)
+    return folder / f"{chapter}.json"
+
+
+def load_results(chapter: str, profile: str = "full") -> dict:
+    """The recorded results of a chapter's full run (or short run, or full run on an
+    AVX2 CPU: ``profile="avx2"``), checked; a clear error names a missing or malformed
+    file."""
+    path = record_path(chapter, profile)
+    record, problem = _read(path, profile)
     if problem:
         raise ValueError(f"{_shown(path)}: {problem}")
     return record
 
 
-def _read(path: Path) -> tuple[dict, str | None]:
+def _read(path: Path, profile: str = "full") -> tuple[dict, str | None]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}, "no such file: run the chapter with the full profile"
+        how = (
+            f"python -m utils.notebooks --{profile} book/{path.stem}.ipynb"
+            if profile in CLASS_RECORDS
+            else f"run the chapter with the {profile} profile"
+        )
+        return {}, f"no such file: {how}"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return {}, f"not readable JSON ({exc})"
     problems = check_record(record)
+    run = "full" if profile in CLASS_RECORDS else profile
+    if not problems and record["profile"] != run:
+        problems.append(f"it records a {record['profile']} run, not a {run} one")
+    wanted = CLASS_RECORDS.get(profile)
+    if not problems and wanted and record.get("cpu_class") != wanted:
+        problems.append(
+            f"it records a run on a {record.get('cpu_class', 'non-CPU')} machine, "
+            f"not on an {wanted} CPU"
+        )
     if not problems and record["chapter"] != path.stem:
         problems.append(f"it records chapter {record['chapter']!r}, not {path.stem!r}")
     return record, "; ".join(problems) or None

@@ -7,6 +7,9 @@ import os
 
 #: Set this environment variable to ``1`` to run every notebook in its *smoke* profile.
 SMOKE_ENV = "GDL_SMOKE"
+#: Set this one to ``1`` for a chapter's *short* run: fewer steps than its full profile,
+#: for a machine where the full run would take too long (``utils.budget``).
+SHORT_ENV = "GDL_SHORT"
 
 #: The values an on/off switch accepts (case-insensitive; unset or empty means off).
 FLAG_VALUES = {
@@ -45,6 +48,21 @@ def is_smoke() -> bool:
     return env_flag(SMOKE_ENV)
 
 
+def is_short() -> bool:
+    """True when a short run is asked for (``GDL_SHORT=1``): a chapter that offers one
+    runs its ``short`` settings, any other its full profile. Asking for both the smoke
+    profile and a short run is an error, not a silent choice."""
+    short = env_flag(SHORT_ENV)
+    if short and is_smoke():
+        raise ValueError(
+            f"{SMOKE_ENV} and {SHORT_ENV} are both on: set one of them (smoke: a few "
+            "steps, for tests; short: a shorter run with a measured result)"
+        )
+    return short
+
+
 def profile_name() -> str:
-    """``"smoke"`` or ``"full"``: the profile this process runs."""
+    """``"smoke"`` or ``"full"``: the profile this process runs (a short run is the
+    full profile with some settings lowered: see :func:`is_short`)."""
+    is_short()  # both switches on is an error
     return "smoke" if is_smoke() else "full"
