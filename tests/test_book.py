@@ -16,7 +16,7 @@ import pytest
 import yaml
 from nbclient import NotebookClient
 
-from utils import notebooks, results
+from utils import chapter_code, notebooks, results
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
@@ -265,6 +265,28 @@ def test_chapter_results_come_from_a_full_run(chapter, monkeypatch):
     )
 
 
+#: Rule 4: a chapter whose full run took longer than this, in seconds, times its main
+#: training loop with utils.budget.Pace, so a reader learns early what it costs there.
+PACED_AFTER_S = 300
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_a_long_chapter_times_its_training_on_the_readers_machine(chapter, monkeypatch):
+    monkeypatch.chdir(ROOT / "book")
+    monkeypatch.delenv(results.RESULTS_DIR_ENV, raising=False)
+    name = Path(chapter).stem
+    if results.load_results(name)["wall_time_s"] <= PACED_AFTER_S:
+        pytest.skip(f"{name}'s full run took under {PACED_AFTER_S} s")
+    code = "\n".join(
+        c.source
+        for c in code_cells(nbformat.read(ROOT / f"{chapter}.ipynb", as_version=4))
+    )
+    assert re.search(rf'budget\.Pace\(\s*"{name}",', code) and "pace.step()" in code, (
+        f'rule 4: {name} makes a budget.Pace("{name}", steps, clock) before its main '
+        "training loop and calls pace.step() after each step"
+    )
+
+
 def test_results_page_shows_every_chapter_in_a_table():
     nb = nbformat.read(ROOT / "book" / "results.ipynb", as_version=4)
     code = code_cells(nb)
@@ -287,11 +309,24 @@ def test_results_page_shows_every_chapter_in_a_table():
 
 
 def test_after_a_chapter_the_runner_names_the_results_page(monkeypatch, capsys):
-    monkeypatch.setattr(notebooks, "execute", lambda path: (1.0, []))
+    runs = []
+    monkeypatch.setattr(
+        notebooks,
+        "execute",
+        lambda path, short, avx2: runs.append((short, avx2)) or (1.0, []),
+    )
     assert notebooks.main(["book/vae.ipynb"]) == 0
     assert "python -m utils.notebooks book/results.ipynb" in capsys.readouterr().out
     assert notebooks.main(["book/vae.ipynb", "book/results.ipynb"]) == 0
     assert "Next:" not in capsys.readouterr().out
+    # a short run records its results only: the book's pages do not change
+    assert notebooks.main(["--short", "book/vae.ipynb"]) == 0
+    assert "Next:" not in capsys.readouterr().out
+    # and so does a run on AVX2 kernels
+    assert notebooks.main(["book/vae.ipynb", "--avx2"]) == 0
+    assert "Next:" not in capsys.readouterr().out
+    plain, short, avx2 = (False, False), (True, False), (False, True)
+    assert runs == [plain, plain, plain, short, avx2]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -303,6 +338,91 @@ def test_chapter_has_a_row_in_the_readme_table(chapter):
         f"rule 1: add a row for `{chapter}.ipynb` (part, chapter, notebook, metric) to "
         "the table at the top of README.md"
     )
+
+
+def time_table(text: str) -> list[str]:
+    """The lines of the "Time per chapter" table in ``text`` (README or introduction):
+    the table that follows that heading."""
+    section = re.split(r"^#+ Time per chapter\s*$", text, maxsplit=1, flags=re.M)
+    assert len(section) == 2, "a section 'Time per chapter' with the table"
+    lines = section[1].strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("| "):
+            break
+        table.append(line)
+    return table
+
+
+def test_the_time_of_every_chapter_is_stated_for_both_cpu_classes(monkeypatch):
+    """README, "Time per chapter", and the introduction show the table that
+    ``python -m benchmarks.chapter_times`` makes from the records, with a row for every
+    chapter and a time on both CPU classes."""
+    from benchmarks import chapter_times
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv(results.RESULTS_DIR_ENV, raising=False)
+    made = chapter_times.table().splitlines()
+    assert time_table(README) == made, (
+        "README's 'Time per chapter' is not the table the records give: paste the "
+        "output of python -m benchmarks.chapter_times"
+    )
+    assert time_table(INTRO) == made, "the introduction's time table differs from it"
+    named = [re.match(r"\| `(\w+)`", line).group(1) for line in made[2:]]
+    assert named == [Path(c).stem for c in CHAPTERS]
+    assert not [line for line in made if "not measured" in line]
+
+
+def test_the_time_table_estimates_from_the_short_run_and_checks_it(
+    monkeypatch, tmp_path
+):
+    from benchmarks import chapter_times
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv(results.RESULTS_DIR_ENV, str(tmp_path))
+    full = json.loads((ROOT / "book" / "results" / "transformer.json").read_text())
+    (tmp_path / "transformer.json").write_text(json.dumps(full))
+    short = dict(full, profile="short", wall_time_s=600.0, cpu_class="AVX2")
+    short["pace"] = {"steps": 1000, "before_s": 10.0, "loop_s": 500.0, "step_s": 0.5}
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "transformer.json").write_text(json.dumps(short))
+    assert chapter_times.scale("transformer") == 2.0  # steps=2_000, short 1_000
+    # 600 s, and the 500 s loop once more: 1,100 s
+    row = chapter_times.chapter_time("transformer").row()
+    assert "| ≈ 18.3 (estimate) | 10.0 min (steps=1000): val_loss" in row
+    assert chapter_times.checks() == []
+    (tmp_path / "avx2").mkdir()
+    avx2 = dict(full, wall_time_s=1000.0, cpu_class="AVX2")
+    (tmp_path / "avx2" / "transformer.json").write_text(json.dumps(avx2))
+    assert "| 16.7 |" in chapter_times.chapter_time("transformer").row()
+    assert chapter_times.checks() == [
+        "transformer: estimated 18.3 min from its short run, measured 16.7 min in "
+        "full (+10%)"
+    ]
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_a_short_run_is_recorded_on_a_cpu_without_bf16_units(chapter, monkeypatch):
+    """Rule 4: a chapter that offers GDL_SHORT=1 commits that run's record, made on
+    the kind of CPU it is for, with its pace, and says in its text what it reached."""
+    name = Path(chapter).stem
+    path = ROOT / f"{chapter}.ipynb"
+    short = chapter_code.short_settings(path)
+    recorded = (ROOT / "book" / "results" / "short" / f"{name}.json").exists()
+    if not short:
+        assert not recorded, f"{name} offers no short run but has a short record"
+        pytest.skip(f"{name} offers no short run")
+    monkeypatch.chdir(ROOT / "book")
+    monkeypatch.delenv(results.RESULTS_DIR_ENV, raising=False)
+    record = results.load_results(name, profile="short")
+    assert record["cpu_class"] not in ("AMX", "AVX-512 BF16") and record["pace"]
+    nb = nbformat.read(path, as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "GDL_SHORT=1" in text, f"{name}'s text says what its short run reached"
+    minutes = f"took {record['wall_time_s'] / 60:.1f} minutes"
+    note = f"{name}'s note on its short run says it {minutes}"
+    assert minutes in " ".join(text.split()), note
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)

@@ -3,12 +3,14 @@
 short run's own settings and record."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from utils import budget, results, runtime
 
+ROOT = Path(__file__).resolve().parent.parent
 HEADLINE = dict(headline="loss", meaning="lower is better", reference="goal 1.0")
 
 
@@ -128,6 +130,7 @@ def test_the_whole_chapter_scales_from_the_books_run_and_offers_the_short_one(
     run_steps(pace, clock, [1.0] * 12)  # twice as slow a step here
     out = capsys.readouterr().out
     # 30 s + 2 x (0.6 s x 1,000 steps + 30 s) = 1,290 s
+    assert pace._whole_chapter(1.0)[0] == pytest.approx(1290.0)
     assert (
         "the training steps take about 17 min on this machine; the whole chapter "
         "about 22 min (scaled from the book's full run on cpu (AMX))\n"
@@ -147,6 +150,7 @@ def test_the_short_record_is_the_scale_where_the_full_one_has_no_pace(
     pace = budget.Pace("toy", steps=100, clock=Before(5.0))
     run_steps(pace, clock, [1.0] * 12)
     # 5 s + 1 x (1.2 s x 100 steps + 60 s after the loop) = 185 s
+    assert pace._whole_chapter(1.0)[0] == pytest.approx(185.0)
     assert "the whole chapter about 3 min (scaled from the book's short run" in (
         capsys.readouterr().out
     )
@@ -287,7 +291,7 @@ def test_the_book_runner_stores_full_runs_only(monkeypatch, tmp_path):
     monkeypatch.delenv(runtime.SHORT_ENV)
     # --short on a chapter without a short run would overwrite its full record
     with pytest.raises(RuntimeError, match="vae.ipynb offers no short run"):
-        notebooks.execute(notebooks.Path("book/vae.ipynb"), short=True)
+        notebooks.execute(ROOT / "book" / "vae.ipynb", short=True)
 
 
 def test_the_scale_is_the_books_run_on_this_cpu_class(
@@ -340,7 +344,7 @@ def test_an_avx2_record_holds_a_full_run_on_an_avx2_cpu(full_run):
     ):
         results.load_results("toy", "avx2")
     path.write_text(json.dumps(found))
-    with pytest.raises(ValueError, match="on a AMX machine, not on an AVX2 CPU"):
+    with pytest.raises(ValueError, match="its cpu_class is 'AMX', not 'AVX2'"):
         results.load_results("toy", "avx2")
     found["cpu_class"] = "AVX2"
     path.write_text(json.dumps(found))
@@ -364,23 +368,68 @@ def test_the_avx2_run_limits_the_kernels_and_records_apart(monkeypatch):
         def execute(self):
             seen.update({k: notebooks.os.environ.get(k) for k in names})
 
-    names = [*notebooks.AVX2_LIMITS, results.RESULTS_DIR_ENV, runtime.SHORT_ENV]
+    names = [
+        *notebooks.AVX2_LIMITS,
+        results.RECORD_AS_ENV,
+        results.RESULTS_DIR_ENV,
+        runtime.SHORT_ENV,
+        "CUDA_VISIBLE_DEVICES",
+    ]
     for name in names + ["GDL_TEXT_PROGRESS", runtime.SMOKE_ENV]:
-        monkeypatch.delenv(name, raising=False)  # restored after the test
+        monkeypatch.setenv(name, "")  # so that the test restores each one
+        monkeypatch.delenv(name)
     monkeypatch.setattr(nbclient, "NotebookClient", Client)
     monkeypatch.setattr(notebooks.platform, "machine", lambda: "x86_64")
-    book = notebooks.Path("book").resolve()
-    before = (book / "vae.ipynb").read_bytes()
-    seconds, found = notebooks.execute(notebooks.Path("book/vae.ipynb"), avx2=True)
+    chapter = ROOT / "book" / "vae.ipynb"
+    before = chapter.read_bytes()
+    seconds, found = notebooks.execute(chapter, avx2=True)
     assert seen == {
         "ONEDNN_MAX_CPU_ISA": "AVX2",
         "ATEN_CPU_CAPABILITY": "avx2",
-        results.RESULTS_DIR_ENV: str(book / "results" / "avx2"),
+        results.RECORD_AS_ENV: "avx2",  # the record moves, the folder read does not
+        results.RESULTS_DIR_ENV: None,
         runtime.SHORT_ENV: "0",
+        "CUDA_VISIBLE_DEVICES": "",  # a CPU run, also where there is a GPU
     }
-    assert found == [] and (book / "vae.ipynb").read_bytes() == before  # not stored
+    assert found == [] and chapter.read_bytes() == before  # not stored
+    # a plain run refuses the switch rather than store a notebook and record apart
+    with pytest.raises(RuntimeError, match="unset GDL_RECORD_AS"):
+        notebooks.execute(chapter)
     monkeypatch.setattr(notebooks.platform, "machine", lambda: "arm64")
     with pytest.raises(RuntimeError, match="--avx2 limits an x86 CPU.*this is arm64"):
-        notebooks.execute(notebooks.Path("book/vae.ipynb"), avx2=True)
+        notebooks.execute(chapter, avx2=True)
     with pytest.raises(RuntimeError, match="choose one"):
-        notebooks.execute(notebooks.Path("book/vae.ipynb"), short=True, avx2=True)
+        notebooks.execute(chapter, short=True, avx2=True)
+
+
+def test_a_record_as_avx2_goes_apart_and_must_be_an_avx2_run(full_run, monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(results.RECORD_AS_ENV, "avx2")
+    monkeypatch.setattr(results, "cpu_class", lambda: "AVX2")
+    path = results.save_results("toy", {"loss": 1.5}, cpu, 60.0, **HEADLINE)
+    assert path == full_run / "avx2" / "toy.json"
+    assert not (full_run / "toy.json").exists()
+    assert results.load_results("toy", "avx2")["cpu_class"] == "AVX2"
+    monkeypatch.setattr(results, "cpu_class", lambda: "AMX")
+    with pytest.raises(ValueError, match="records a full run on an AVX2 CPU"):
+        results.save_results("toy", {"loss": 1.5}, cpu, 60.0, **HEADLINE)
+    monkeypatch.setenv(results.RECORD_AS_ENV, "avx512")
+    with pytest.raises(ValueError, match="GDL_RECORD_AS='avx512': expected one of"):
+        results.save_results("toy", {"loss": 1.5}, cpu, 60.0, **HEADLINE)
+
+
+def test_the_window_needs_five_steps_as_well_as_ten_seconds(clock, full_run, capsys):
+    pace = budget.Pace("toy", steps=100, clock=Before(0.0))
+    run_steps(pace, clock, [1.0, 1.0] + [3.0] * 4)  # 12 s but four timed steps
+    assert capsys.readouterr().out == ""
+    run_steps(pace, clock, [3.0])
+    assert "pace: 3 s a step (steps 3 to 7, timed here)" in capsys.readouterr().out
+
+
+def test_a_record_with_a_broken_pace_is_not_a_scale(clock, full_run, capsys):
+    broken = {"steps": 100, "before_s": None, "loop_s": 60.0, "step_s": 0.5}
+    write(full_run, record("full", 100.0, broken))
+    pace = budget.Pace("toy", steps=100, clock=Before(0.0))
+    run_steps(pace, clock, [1.0] * 12)
+    out = capsys.readouterr().out
+    assert "pace: 1 s a step" in out and "whole chapter" not in out

@@ -10,10 +10,11 @@ past :data:`LONG_RUN_MINUTES`, it says so and names the chapter's short run
 (``GDL_SHORT=1``, the ``short`` settings of its ``runtime.setup``) with what that run
 measured when the book ran it (``book/results/short/<chapter>.json``).
 
-The whole chapter is estimated from a recorded run of it (the full record, else the
-short one) that holds its own pace: everything after the setup scales with the time a
-step takes, here against there. Without such a record only the training steps are
-counted, and the message says so.
+The whole chapter is estimated from a recorded run of it that holds its own pace (the
+book's full run, its full run on an AVX2 CPU, or its short run; one made on this CPU
+class first): everything after the setup scales with the time a step takes, here against
+there. Without such a record only the training steps are counted, and the message says
+so.
 """
 
 from __future__ import annotations
@@ -71,10 +72,21 @@ def _record(chapter: str, profile: str) -> dict[str, Any] | None:
 
 
 def _paced(record: dict[str, Any] | None) -> bool:
+    """Whether ``record`` holds a usable pace: positive steps, loop and step seconds,
+    a non-negative time before the loop, and the run's wall time."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
     pace = (record or {}).get("pace")
-    return isinstance(pace, dict) and all(
-        isinstance(pace.get(k), (int, float)) and pace[k] > 0
-        for k in ("steps", "loop_s", "step_s")
+    return (
+        isinstance(pace, dict)
+        and all(
+            number(pace.get(k)) and pace[k] > 0 for k in ("steps", "loop_s", "step_s")
+        )
+        and number(pace.get("before_s", 0.0))
+        and pace.get("before_s", 0.0) >= 0
+        and number(record.get("wall_time_s"))
     )
 
 
@@ -119,7 +131,7 @@ class Pace:
         self,
         chapter: str,
         steps: float,
-        clock=None,
+        clock: Any = None,
         warmup: int = 2,
         min_steps: int = 5,
         min_seconds: float = 10.0,
@@ -210,7 +222,10 @@ class Pace:
 
     def _report(self, per_step: float, over: str) -> None:
         self.per_step_s, self.estimate_s = per_step, per_step * self.steps
-        whole = self._whole_chapter(per_step)
+        try:
+            whole = self._whole_chapter(per_step)
+        except Exception:  # noqa: BLE001 - a reference gone wrong must not stop training
+            whole = None
         line = (
             f"pace: {per_step:.3g} s a step ({over}, timed here) x {self.steps:,.0f} "
             f"steps: the training steps take about {minutes_text(self.estimate_s)} on "

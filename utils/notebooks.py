@@ -187,16 +187,18 @@ def problems(nb) -> list[str]:
 AVX2_LIMITS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
-def _avx2_run(path: Path) -> None:
-    """Set up an ``--avx2`` run of ``path``: the kernel limits, and the records folder
-    ``book/results/avx2`` of the notebook's checkout."""
+def _avx2_run() -> None:
+    """Set up an ``--avx2`` run: the kernel limits, no GPU, and its record sent to
+    ``book/results/avx2/`` (``GDL_RECORD_AS=avx2``; the run reads other chapters'
+    records where they always are). A CPU without AVX2 fails when the chapter saves
+    its record, which must say AVX2."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise RuntimeError(
             "--avx2 limits an x86 CPU to its AVX2 kernels; this is "
             f"{platform.machine()}"
         )
     os.environ.update(AVX2_LIMITS)
-    os.environ["GDL_RESULTS_DIR"] = str(path.resolve().parent / "results" / "avx2")
+    os.environ["GDL_RECORD_AS"] = "avx2"
 
 
 def execute(
@@ -223,8 +225,15 @@ def execute(
             f"{path.name} offers no short run (no short=dict(...) in its "
             "runtime.setup): run it in full, without --short"
         )
+    if os.environ.get("GDL_RECORD_AS", "").strip() and not avx2:
+        raise RuntimeError(
+            "unset GDL_RECORD_AS: the book stores the outputs of a full run (--avx2 "
+            "runs a chapter on AVX2 kernels and records only its results)"
+        )
     if avx2:
-        _avx2_run(path)
+        _avx2_run()
+    if short or avx2:  # runs for CPUs: a GPU would run (and record) other settings
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ[SHORT_ENV] = "1" if short else "0"
     os.environ["GDL_TEXT_PROGRESS"] = "1"
     nb = nbformat.read(path, as_version=4)

@@ -6,6 +6,12 @@ alone. A record is built and checked in every profile, so a bad one fails in the
 run too; smoke runs, and runs whose profile switch is invalid, never write; full runs
 write atomically, into the checkout of the working folder (where the notebook runs),
 never into the checkout ``utils`` was imported from.
+
+Two more kinds of record serve the time a chapter takes ("Time per chapter" in the
+README, and the estimates of ``utils.budget``), never the results page: a short run's
+(``GDL_SHORT=1``) in ``short/<chapter>.json``, and a full run's on an AVX2 CPU
+(``GDL_RECORD_AS=avx2``, set by ``python -m utils.notebooks --avx2``) in
+``avx2/<chapter>.json``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,24 @@ RECORDED_PROFILES = ("full", "short")
 #: ``utils.budget``: ``avx2/<chapter>.json``, written by ``python -m utils.notebooks
 #: --avx2`` (a full run limited to AVX2 kernels). Kind -> the CPU class it must record.
 CLASS_RECORDS = {"avx2": "AVX2"}
+#: Environment variable that sends a full run's record to a class folder of
+#: :data:`CLASS_RECORDS` (``avx2``) instead of ``<chapter>.json``; only the write moves,
+#: so the run still reads other chapters' records from the results folder.
+RECORD_AS_ENV = "GDL_RECORD_AS"
+
+
+def record_as() -> str | None:
+    """The class folder a full run records into (``$GDL_RECORD_AS``), or None; any
+    value but those of :data:`CLASS_RECORDS` is an error."""
+    value = os.environ.get(RECORD_AS_ENV, "").strip().lower()
+    if value and value not in CLASS_RECORDS:
+        raise ValueError(
+            f"${RECORD_AS_ENV}={value!r}: expected one of {', '.join(CLASS_RECORDS)}, "
+            "or unset it"
+        )
+    return value or None
+
+
 _CHAPTER = re.compile(r"^[a-z][a-z0-9_]*$")
 #: A clause of a headline's reference that holds a number must say where the number
 #: comes from.
@@ -216,8 +240,14 @@ def save_results(
         raise ValueError(
             f"the results of {chapter!r} are not recordable: " + "; ".join(problems)
         )
+    kind = record_as() if profile == "full" else None
+    if kind and record.get("cpu_class") != CLASS_RECORDS[kind]:
+        raise ValueError(
+            f"${RECORD_AS_ENV}={kind} records a full run on an {CLASS_RECORDS[kind]} "
+            f"CPU, but this run computed on {record['device']}: unset {RECORD_AS_ENV}"
+        )
     # resolved in every profile: a wrong target fails early too
-    path = record_path(chapter, profile)
+    path = record_path(chapter, kind or profile)
     if smoke:
         print(f"Smoke profile: {chapter} results are not saved.")
         return None
@@ -269,10 +299,7 @@ def _read(path: Path, profile: str = "full") -> tuple[dict, str | None]:
         problems.append(f"it records a {record['profile']} run, not a {run} one")
     wanted = CLASS_RECORDS.get(profile)
     if not problems and wanted and record.get("cpu_class") != wanted:
-        problems.append(
-            f"it records a run on a {record.get('cpu_class', 'non-CPU')} machine, "
-            f"not on an {wanted} CPU"
-        )
+        problems.append(f"its cpu_class is {record.get('cpu_class')!r}, not {wanted!r}")
     if not problems and record["chapter"] != path.stem:
         problems.append(f"it records chapter {record['chapter']!r}, not {path.stem!r}")
     return record, "; ".join(problems) or None
