@@ -44,6 +44,7 @@ class ChapterTime:
     avx2_estimated: bool
     short: dict | None
     full: dict | None
+    avx2: dict | None
 
     def row(self) -> str:
         """The chapter's line of the markdown table."""
@@ -127,6 +128,7 @@ def chapter_time(chapter: str) -> ChapterTime:
         estimated,
         short,
         full,
+        avx2,
     )
 
 
@@ -138,31 +140,35 @@ def chapters() -> list[str]:
     return [c for c in results.toc_order() if results.record_path(c).exists()]
 
 
-def table() -> str:
-    """The "Time per chapter" table, in markdown."""
-    return "\n".join([HEADER, *(chapter_time(c).row() for c in chapters())])
+def table(times: list[ChapterTime] | None = None) -> str:
+    """The "Time per chapter" table in markdown, of ``times`` (default: all)."""
+    times = [chapter_time(c) for c in chapters()] if times is None else times
+    return "\n".join([HEADER, *(t.row() for t in times)])
 
 
-def checks() -> list[str]:
+def checks(times: list[ChapterTime] | None = None) -> list[str]:
     """For each chapter with both a short and a full AVX2 record: the estimate from the
     short run against the full run's measured time."""
+    times = [chapter_time(c) for c in chapters()] if times is None else times
     lines = []
-    for chapter in chapters():
-        short, avx2 = _record(chapter, "short"), _record(chapter, "avx2")
-        if short is None or avx2 is None or not short.get("pace"):
+    for t in times:
+        if t.short is None or t.avx2 is None or not t.short.get("pace"):
             continue
-        guess, real = estimate_s(chapter, short) / 60, avx2["wall_time_s"] / 60
+        guess, real = estimate_s(t.chapter, t.short) / 60, t.avx2["wall_time_s"] / 60
         lines.append(
-            f"{chapter}: estimated {guess:.1f} min from its short run, measured "
+            f"{t.chapter}: estimated {guess:.1f} min from its short run, measured "
             f"{real:.1f} min in full ({(guess - real) / real:+.0%})"
         )
     return lines
 
 
 def main() -> int:
-    print(table())
+    times = [chapter_time(c) for c in chapters()]  # each record read once
+    print(table(times))
     print()
-    print("\n".join(checks()) or "no chapter has both a short and a full AVX2 record")
+    print(
+        "\n".join(checks(times)) or "no chapter has both a short and a full AVX2 record"
+    )
     return 0
 
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from .chapter_code import short_settings
-from .switches import SHORT_ENV, is_short, is_smoke
+from .switches import RECORD_AS_ENV, SHORT_ENV, is_short, is_smoke
 
 _OVERWRITTEN = re.compile(r"[^\n]*\r(?!\n)")
 #: A tqdm text bar: "<desc>:  40%|████      | 4/10 [00:01<00:02, 2.5it/s]" (the
@@ -198,7 +198,7 @@ def _avx2_run() -> None:
             f"{platform.machine()}"
         )
     os.environ.update(AVX2_LIMITS)
-    os.environ["GDL_RECORD_AS"] = "avx2"
+    os.environ[RECORD_AS_ENV] = "avx2"
 
 
 def execute(
@@ -225,9 +225,9 @@ def execute(
             f"{path.name} offers no short run (no short=dict(...) in its "
             "runtime.setup): run it in full, without --short"
         )
-    if os.environ.get("GDL_RECORD_AS", "").strip() and not avx2:
+    if os.environ.get(RECORD_AS_ENV, "").strip() and not avx2:
         raise RuntimeError(
-            "unset GDL_RECORD_AS: the book stores the outputs of a full run (--avx2 "
+            f"unset {RECORD_AS_ENV}: the book stores the outputs of a full run (--avx2 "
             "runs a chapter on AVX2 kernels and records only its results)"
         )
     if avx2:

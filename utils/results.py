@@ -32,6 +32,7 @@ from . import budget
 from .precision import Precision, choose, cpu_class
 from .runtime import chosen_profile, device_description, is_smoke
 from .sources import atomic_path
+from .switches import RECORD_AS_ENV
 
 #: Environment variable that overrides where results files go.
 RESULTS_DIR_ENV = "GDL_RESULTS_DIR"
@@ -43,15 +44,12 @@ RECORDED_PROFILES = ("full", "short")
 #: ``utils.budget``: ``avx2/<chapter>.json``, written by ``python -m utils.notebooks
 #: --avx2`` (a full run limited to AVX2 kernels). Kind -> the CPU class it must record.
 CLASS_RECORDS = {"avx2": "AVX2"}
-#: Environment variable that sends a full run's record to a class folder of
-#: :data:`CLASS_RECORDS` (``avx2``) instead of ``<chapter>.json``; only the write moves,
-#: so the run still reads other chapters' records from the results folder.
-RECORD_AS_ENV = "GDL_RECORD_AS"
 
 
 def record_as() -> str | None:
     """The class folder a full run records into (``$GDL_RECORD_AS``), or None; any
-    value but those of :data:`CLASS_RECORDS` is an error."""
+    value but those of :data:`CLASS_RECORDS` is an error. Only the write moves, so the
+    run still reads other chapters' records from the results folder."""
     value = os.environ.get(RECORD_AS_ENV, "").strip().lower()
     if value and value not in CLASS_RECORDS:
         raise ValueError(

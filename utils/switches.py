@@ -10,6 +10,9 @@ SMOKE_ENV = "GDL_SMOKE"
 #: Set this one to ``1`` for a chapter's *short* run: fewer steps than its full profile,
 #: for a machine where the full run would take too long (``utils.budget``).
 SHORT_ENV = "GDL_SHORT"
+#: Set this one to ``avx2`` to record a full run as one on an AVX2 CPU
+#: (``utils.results``; ``python -m utils.notebooks --avx2`` sets it).
+RECORD_AS_ENV = "GDL_RECORD_AS"
 
 #: The values an on/off switch accepts (case-insensitive; unset or empty means off).
 FLAG_VALUES = {
