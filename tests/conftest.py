@@ -1,33 +1,12 @@
-"""Shared fixtures: a headless matplotlib, an isolated data folder per test, the
-real data folder and a toy WikiText-2; and, with several pytest-xdist workers, each
-worker's share of the cores."""
+"""Shared fixtures: an isolated data folder per test, the real data folder and a toy
+WikiText-2. (A headless matplotlib, each worker's share of the cores, and how nbval runs
+the chapters, are set in the root ``conftest.py``.)"""
 
-import os
-import sys
 from pathlib import Path
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+import pytest
 
-
-def _share_the_cores() -> None:
-    """With several workers (``-n auto`` in ``pyproject.toml``), give each worker, and
-    the notebook kernels it starts (they inherit ``OMP_NUM_THREADS``), its share of the
-    cores rather than all of them each: OpenMP threads that outnumber the cores wait on
-    each other. Every worker collects ``tests/``, so this runs before any notebook."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers <= 1 or "OMP_NUM_THREADS" in os.environ:
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    if "torch" in sys.modules:  # already imported: set its pool directly
-        sys.modules["torch"].set_num_threads(threads)
-
-
-_share_the_cores()
-
-import pytest  # noqa: E402
-
-from utils import data, sources  # noqa: E402
+from utils import data, sources
 
 #: The data folder the suite was started with (CI points it at ../shared/data), read
 #: before any test replaces it, so tests can copy real files from it.

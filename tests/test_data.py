@@ -9,8 +9,8 @@ import zipfile
 
 import pytest
 import torch
-from conftest import real_file
 
+from conftest import real_file
 from utils import data, sources
 
 MNIST_NAMES = [e.name for e in data.MNIST_FILES.files]

@@ -8,15 +8,14 @@ no dependency of utils could replace Colab's torch."""
 import ast
 import importlib
 import json
-import os
 import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests import colab
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
@@ -127,49 +126,6 @@ def test_utils_declares_no_dependency_that_could_replace_torch():
     assert "\ndependencies = []\n" in pyproject
 
 
-def _snapshot_url(tmp_path: Path) -> str:
-    """A git URL of this checkout as it is now, uncommitted and new files included (in
-    CI, a clean checkout, that is its HEAD), made without touching the checkout's own
-    index or objects: a commit in temporary objects that borrow the checkout's."""
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout")
-
-    def git(*args: str, **env: str) -> str:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-    common = (ROOT / git("rev-parse", "--git-common-dir")).resolve()
-    borrowed = str(common / "objects")
-    objects = tmp_path / "objects"
-    objects.mkdir()
-    temporary = {
-        "GIT_INDEX_FILE": str(tmp_path / "index"),
-        "GIT_OBJECT_DIRECTORY": str(objects),
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES": borrowed,
-        "GIT_AUTHOR_NAME": "snapshot",
-        "GIT_AUTHOR_EMAIL": "snapshot@localhost",
-        "GIT_COMMITTER_NAME": "snapshot",
-        "GIT_COMMITTER_EMAIL": "snapshot@localhost",
-    }
-    git("add", "--all", **temporary)
-    tree = git("write-tree", **temporary)
-    commit = git("commit-tree", tree, "-m", "snapshot", **temporary)
-    repo = tmp_path / "snapshot.git"
-    git("init", "--quiet", "--bare", str(repo))
-    (repo / "objects" / "info" / "alternates").write_text(f"{objects}\n{borrowed}\n")
-    git("--git-dir", str(repo), "update-ref", "refs/heads/main", commit)
-    git("--git-dir", str(repo), "symbolic-ref", "HEAD", "refs/heads/main")
-    return f"git+file://{repo}"
-
-
 @pytest.fixture
 def fresh_utils():
     """Lets a test import ``utils`` anew (torch and the rest stay loaded: a second
@@ -190,22 +146,12 @@ def fresh_utils():
 def test_installed_like_the_colab_cell_the_package_works_from_anywhere(
     tmp_path, monkeypatch, fresh_utils
 ):
-    url = _snapshot_url(tmp_path)
-    site = tmp_path / "site"
-    install = subprocess.run(
-        [
-            sys.executable,
-            *("-m", "pip", "install", "--quiet", "--disable-pip-version-check"),
-            # offline: no index, setuptools from this environment; dependencies are
-            # checked below, from the package's metadata
-            *("--no-index", "--no-build-isolation", "--no-cache-dir", "--no-deps"),
-            *("--target", str(site), url),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert install.returncode == 0, install.stderr
+    try:
+        site = colab.installed_site()  # pip install git+<this checkout>, offline
+    except RuntimeError as error:
+        if "not a git checkout" in str(error):
+            pytest.skip(str(error))
+        raise
     (metadata,) = site.glob("gdl_pytorch_utils-*.dist-info/METADATA")
     assert "Requires-Dist" not in metadata.read_text()  # pip would add nothing
     used = sorted(set().union(*(_utils_imports(p) for p in NOTEBOOKS)))
@@ -225,3 +171,40 @@ def test_installed_like_the_colab_cell_the_package_works_from_anywhere(
         assert Path(module.__file__).parent == site / "utils", name
     images = importlib.import_module("utils.images")
     assert images.load_image("starry_night", size=32).shape == (1, 3, 32, 40)
+    # The book's records ship with it, so a chapter run alone finds the runs it
+    # compares itself with (and its own record, once saved, wins over the shipped one).
+    results = importlib.import_module("utils.results")
+    shipped = sorted(p.name for p in (site / "utils" / "records").glob("*.json"))
+    assert shipped == sorted(p.name for p in (ROOT / "book/results").glob("*.json"))
+    assert (site / "utils/records/short/transformer.json").is_file()
+    assert (
+        results.checkout() is None and results.shipped_dir() == site / "utils/records"
+    )
+    lstm = json.loads((ROOT / "book/results/text_generation.json").read_text())
+    assert results.load_results("text_generation") == lstm
+    monkeypatch.setenv("GDL_RESULTS_DIR", str(elsewhere / "named"))  # asked for: no
+    with pytest.raises(ValueError, match="no such file"):
+        results.load_results("text_generation")
+
+
+def test_nbval_runs_every_chapter_as_in_colab(tmp_path):
+    """The root conftest.py hands nbval's kernels the folder and environment of
+    tests/colab.py; this checks that hook is in place and what it gives a chapter."""
+    from nbval import kernel
+
+    assert "_run_chapters_as_in_colab" in kernel.start_new_kernel.__qualname__
+    alone = colab.working_folder(ROOT / "book" / "transformer.ipynb")
+    assert not any(alone.iterdir()) and ROOT not in alone.parents
+    assert colab.kernel_env()["PYTHONPATH"] == str(colab.installed_site())
+    # the scaling chapter's Colab cell clones the repository and works in its book/
+    cloned = colab.working_folder(ROOT / "book" / "scaling.ipynb")
+    assert cloned.name == "book" and ROOT not in cloned.parents
+    assert (cloned.parent / "scripts" / "train_diffusion.py").is_file()
+    # a Colab cell that does something the emulation cannot do here is an error
+    notebook = json.loads((ROOT / "book" / "vae.ipynb").read_text())
+    colab_cell = next(c for c in notebook["cells"] if c["cell_type"] == "code")
+    colab_cell["source"] = "".join(colab_cell["source"]) + "\n    !apt-get install x\n"
+    odd = tmp_path / "odd.ipynb"
+    odd.write_text(json.dumps(notebook))
+    with pytest.raises(colab.ColabCellError, match="apt-get"):
+        colab.working_folder(odd)

@@ -102,7 +102,6 @@ def test_a_damaged_cached_classifier_is_retrained_and_an_unwritable_cache_only_w
     data_home, cache_home, monkeypatch
 ):
     from conftest import real_file
-
     from utils import models
 
     offline = models.data.FASHION_MNIST_FILES.offline[0]

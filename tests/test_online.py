@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import real_file
 from loopback import Loopback
 
+from conftest import real_file
 from utils import data, images, sources, vgg
 
 

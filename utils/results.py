@@ -98,6 +98,42 @@ def results_dir() -> Path:
     return target
 
 
+def shipped_dir() -> Path | None:
+    """The book's own records as published with ``utils``: ``utils/records`` of an
+    installed copy (the Colab cell's ``pip install git+...`` ships ``book/results``
+    there, see ``pyproject.toml``), else ``book/results`` of the checkout ``utils`` was
+    imported from (an editable install); None if neither is there."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "records", here.parent / "book" / "results"):
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def _reading_path(path: Path) -> Path:
+    """Where to read the record at ``path``: ``path`` itself, unless the notebook runs
+    alone (no checkout around the working folder and no ``$GDL_RESULTS_DIR``: a
+    chapter opened in Colab) and ``path`` is missing there; then the book's own record
+    of the same name from :func:`shipped_dir`, so a chapter that compares itself with
+    another chapter's run finds that run's published record. Writes never move."""
+    alone = checkout() is None and not os.environ.get(RESULTS_DIR_ENV, "").strip()
+    shipped = shipped_dir()
+    if path.exists() or not alone or shipped is None:
+        return path
+    candidate = shipped / path.relative_to(results_dir())
+    return candidate if candidate.is_file() else path
+
+
+def cpu_budget(budget: str, device: torch.device) -> str:
+    """The time clause of a chapter's goal, ``budget`` ("within about 15 minutes") on
+    2 CPU cores: the goals are set for the full profile on the book's CPU, so a run
+    on another device says so instead of claiming that budget as its own."""
+    clause = f"{budget} on 2 CPU cores"
+    if torch.device(device).type == "cpu":
+        return clause
+    return f"{clause} (the CPU profile's goal; this run: {torch.device(device).type})"
+
+
 def plain(value: Any, name: str = "value") -> Any:
     """A metric as a JSON value: numpy and tensor scalars become numbers, small arrays
     lists; NaN, infinity and other objects are rejected with the metric's name."""
@@ -271,8 +307,9 @@ def record_path(chapter: str, profile: str = "full") -> Path:
 def load_results(chapter: str, profile: str = "full") -> dict:
     """The recorded results of a chapter's full run (or short run, or full run on an
     AVX2 CPU: ``profile="avx2"``), checked; a clear error names a missing or malformed
-    file."""
-    path = record_path(chapter, profile)
+    file. A notebook run alone (Colab) that lacks the record reads the book's own
+    (:func:`shipped_dir`)."""
+    path = _reading_path(record_path(chapter, profile))
     record, problem = _read(path, profile)
     if problem:
         raise ValueError(f"{_shown(path)}: {problem}")
