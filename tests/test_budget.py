@@ -223,10 +223,12 @@ def test_the_short_run_takes_its_settings_only_when_asked(monkeypatch):
     monkeypatch.setenv(runtime.SHORT_ENV, "0")
     assert runtime.chosen_profile() == "short"
     monkeypatch.setenv(runtime.SHORT_ENV, "1")
-    # a chapter that offers no short run runs in full, and a CUDA GPU its gpu settings
+    # a chapter that offers no short run runs in full, and a CUDA GPU with native bf16
+    # its gpu settings
     cfg = runtime.settings(full, smoke)
     assert (cfg.profile, cfg.epochs, runtime.chosen_profile()) == ("full", 30, "full")
     monkeypatch.setattr(runtime, "get_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(runtime.precision, "native_bf16", lambda device: True)
     cfg = runtime.settings(full, smoke, gpu=dict(size=128), short=short)
     assert (cfg.profile, cfg.epochs, cfg.size) == ("full", 30, 128)
     with pytest.raises(KeyError, match="short settings name keys"):

@@ -28,10 +28,14 @@ def test_settings_reject_override_keys_the_full_profile_lacks():
         runtime.settings(dict(epochs=30), dict(epoch=1))
 
 
-def test_gpu_overrides_apply_only_on_cuda(monkeypatch):
+def test_gpu_overrides_apply_only_on_cuda_with_native_bf16(monkeypatch):
     monkeypatch.delenv(runtime.SMOKE_ENV, raising=False)
     monkeypatch.setattr(runtime, "get_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(runtime.precision, "native_bf16", lambda device: True)
     assert runtime.settings(dict(width=32), {}, gpu=dict(width=64)).width == 64
+    # a T4 (compute capability 7.5, fp32) runs the full settings
+    monkeypatch.setattr(runtime.precision, "native_bf16", lambda device: False)
+    assert runtime.settings(dict(width=32), {}, gpu=dict(width=64)).width == 32
     monkeypatch.setattr(runtime, "get_device", lambda: torch.device("cpu"))
     assert runtime.settings(dict(width=32), {}, gpu=dict(width=64)).width == 32
 

@@ -125,13 +125,23 @@ def setup_settings(path: Path) -> dict[str, Any]:
     return {k.arg: ast.literal_eval(k.value) for k in full.keywords if k.arg}
 
 
+def _overrides(path: Path, profile: str) -> dict[str, Any]:
+    for k in _setup_call(path).keywords:
+        if k.arg == profile and isinstance(k.value, ast.Call):
+            return {s.arg: ast.literal_eval(s.value) for s in k.value.keywords if s.arg}
+    return {}
+
+
 def short_settings(path: Path) -> dict[str, Any]:
     """The settings the notebook's short run lowers (its ``runtime.setup`` call's
     ``short=dict(...)``), or an empty dict where it offers none."""
-    for k in _setup_call(path).keywords:
-        if k.arg == "short" and isinstance(k.value, ast.Call):
-            return {s.arg: ast.literal_eval(s.value) for s in k.value.keywords if s.arg}
-    return {}
+    return _overrides(path, "short")
+
+
+def gpu_settings(path: Path) -> dict[str, Any]:
+    """The settings a full run on a CUDA GPU changes (the ``runtime.setup`` call's
+    ``gpu=dict(...)``), or an empty dict where the chapter has none."""
+    return _overrides(path, "gpu")
 
 
 def precision_switches(path: Path) -> dict[str, bool]:

@@ -39,6 +39,14 @@ def get_device() -> torch.device:
     return torch.device("cpu")
 
 
+def gpu_sized(device: torch.device) -> bool:
+    """Whether a chapter's ``gpu`` settings apply on ``device``: a CUDA GPU with native
+    bf16 (compute capability 8.0 or newer). They scale a chapter up for such a GPU; an
+    older one (Colab's T4 is 7.5) computes in fp32 (``utils.precision``), several times
+    slower, so it runs the full settings, those sized for a 2-core CPU."""
+    return device.type == "cuda" and precision.native_bf16(device)
+
+
 def settings(
     full: Mapping[str, Any],
     smoke: Mapping[str, Any],
@@ -48,10 +56,11 @@ def settings(
     """The settings of the current profile.
 
     ``full`` holds every setting; ``smoke`` overrides some of them for the smoke
-    profile, ``gpu`` overrides some for a full run on a GPU (a full run may scale up
-    there), and ``short`` some for a short run (``GDL_SHORT=1``, for a machine where the
-    full run would take too long; a chapter without them runs in full). Unknown keys in
-    the overrides are rejected, so a typo cannot silently leave a full-size value.
+    profile, ``gpu`` overrides some for a full run on a GPU with native bf16
+    (:func:`gpu_sized`: a full run may scale up there), and ``short`` some for a short
+    run (``GDL_SHORT=1``, for a machine where the full run would take too long; a
+    chapter without them runs in full). Unknown keys in the overrides are rejected, so
+    a typo cannot silently leave a full-size value.
     """
     global _short_settings, _short_chosen
     for name, extra in (("smoke", smoke), ("gpu", gpu or {}), ("short", short or {})):
@@ -63,14 +72,15 @@ def settings(
             )
     on_cuda = get_device().type == "cuda"
     _short_settings = dict(short or {})
-    # a short run is for CPUs (and Apple's GPU); a CUDA GPU takes the gpu settings
+    # a short run is for CPUs (and Apple's GPU); a CUDA GPU takes the gpu settings, or
+    # the full ones below compute capability 8.0
     _short_chosen = bool(short) and is_short() and not is_smoke() and not on_cuda
     chosen, profile = dict(full), chosen_profile()
     if profile == "smoke":
         chosen.update(smoke)
     elif profile == "short":
         chosen.update(short or {})
-    elif gpu and on_cuda:
+    elif gpu and gpu_sized(get_device()):
         chosen.update(gpu)
     return SimpleNamespace(profile=profile, **chosen)
 
@@ -138,6 +148,10 @@ def setup(
     seed_everything(seed)
     budget.forget()  # a new run of the chapter: its pace is measured anew
     device = get_device()
+    if device.type == "cuda":
+        # the chapters' networks see the same shapes at every step: cuDNN times its
+        # convolution algorithms once and keeps the fastest for the run
+        torch.backends.cudnn.benchmark = True
     cfg = settings(full, smoke, gpu, short)
     shown = ", ".join(f"{k}={v}" for k, v in vars(cfg).items() if k != "profile")
     cfg.precision = precision.for_chapter(device, fast_path, bf16_on_cpu)
