@@ -106,6 +106,36 @@ def open_page(browser, path: Path) -> tuple:
     return page, requested
 
 
+#: Tables, table cells and output blocks whose content is wider than their box: what a
+#: reader would have to scroll sideways for, or would not see at all (a table wider
+#: than its column is cut at the page's edge).
+TOO_WIDE_JS = """() => {
+    const wide = e => e.scrollWidth > e.clientWidth + 1;
+    const text = e => e.innerText.split('\\n')
+        .reduce((a, b) => a.length >= b.length ? a : b).slice(0, 80);
+    const found = [];
+    for (const table of document.querySelectorAll('article table')) {
+        const box = table.parentElement;
+        if (table.offsetWidth > box.clientWidth + 1 || wide(box)) {
+            found.push(`table ${table.className}: ${table.offsetWidth} px in `
+                + `${box.clientWidth} px`);
+        }
+        for (const cell of table.querySelectorAll('td, th')) {
+            if (wide(cell)) found.push(`table cell: ${text(cell)}`);
+        }
+    }
+    const outputs = '.cell_output pre, .cell_output .output';
+    for (const block of document.querySelectorAll(outputs)) {
+        if (wide(block)) found.push(`output: ${text(block)}`);
+    }
+    return found;
+}"""
+#: The tallest a row of the results page's tables may be, and the most screens (of the
+#: test's 900-px window) its main table may take.
+RESULTS_ROW_PX = 120
+RESULTS_SCREENS = 2
+
+
 @pytest.mark.parametrize("name", toc_files())
 def test_page_renders_completely_offline(html, browser, name):
     path = html / f"{name}.html"
@@ -166,6 +196,11 @@ def test_page_renders_completely_offline(html, browser, name):
             "code wider than the page's column, so "
             f"readers must scroll sideways: {cut[:3]}"
         )
+        too_wide = page.evaluate(TOO_WIDE_JS)
+        assert too_wide == [], (
+            f"{len(too_wide)} tables, cells or outputs wider than their box: "
+            f"{too_wide[:3]}"
+        )
     finally:
         page.close()
 
@@ -181,6 +216,21 @@ def test_results_page_is_a_table_with_one_row_per_chapter(html, browser):
         assert page.evaluate("document.querySelectorAll('.cell_input').length") == 0, (
             "the page's code is hidden"
         )
+        # every row short, so the reader takes the table in at a glance
+        heights = page.evaluate(
+            "[...document.querySelectorAll('article table tbody tr')].map(r => "
+            "[r.innerText.slice(0, 40), r.getBoundingClientRect().height])"
+        )
+        tall = [(text, round(h)) for text, h in heights if h > RESULTS_ROW_PX]
+        assert tall == [], f"rows taller than {RESULTS_ROW_PX} px: {tall[:3]}"
+        height = page.evaluate(
+            "document.querySelector('table.results-table').getBoundingClientRect()"
+            ".height"
+        )
+        assert height <= RESULTS_SCREENS * 900, f"the table is {height:.0f} px tall"
+        # the full texts are one click away, under the table
+        details = page.inner_text("details.results-details")
+        assert "What each number means" in details
     finally:
         page.close()
 

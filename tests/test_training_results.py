@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils import notebooks, results, runtime, training
+from utils import notebooks, results, runtime, summary, training
 
 
 def test_history_records_and_plots():
@@ -312,17 +312,16 @@ def test_the_summary_table_skips_and_names_malformed_files(tmp_path, monkeypatch
     records, skipped = results.all_results()
     assert [r["chapter"] for r in records] == ["alpha", "beta", "gamma"]
     assert [s.split(":")[0] for s in skipped] == ["broken.json", "stray.json"]
-    table = results.summary_html(order=["beta", "alpha"])
+    table = summary.summary_html(order=["beta", "alpha"])
     assert table.count("<tr>") == 4 and table.index(">beta<") < table.index(">alpha<")
+    # a chapter the page has no yardstick for: its metric's name, no goal to meet
+    assert "<td>loss</td><td>0.125</td><td>–</td><td>–</td>" in table
+    assert "<td>3,340,718</td>" in table
+    assert "goal 1.0" in table.split("<details")[1]  # the full reference, under it
     assert (
-        "<td>0.125</td>" in table
-        and "<td>3,340,718</td>" in table
-        and "goal 1.0" in table
-    )
-    assert (
-        "<td>1.5 min</td>" in table
-        and "<td>9 s</td>" in table
-        and "<td>10.0 min</td>" in table
+        "<td>1.5 min, CPU, " in table
+        and "<td>9 s, CPU, " in table
+        and "<td>10.0 min, CPU, " in table
     )
     assert "broken.json: not readable JSON" in table and "stray.json" in table
     with pytest.raises(

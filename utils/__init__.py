@@ -21,6 +21,8 @@ One module per concern; importing the package has no side effects:
 - :mod:`utils.text`      -- vocabulary, batching for truncated BPTT, temperature
   sampling
 - :mod:`utils.results`   -- the measured metrics each chapter records
+- :mod:`utils.summary`   -- the results page: one short row per chapter, its goal
+  checked, and one figure per family of models
 - :mod:`utils.notebooks` -- executing a chapter for the book with clean stored outputs
 - :mod:`utils.chapter_code` -- a chapter's own definitions (its cells tagged ``export``)
   and settings, for scripts

@@ -400,48 +400,6 @@ def table_html(
     )
 
 
-def summary_html(order: Sequence[str] | None = None) -> str:
-    """The results page's table: one row per recorded chapter (in ``order``, by default
-    the table of contents', then by name) with its headline metric, how to read it, what
-    it compares with, the device and the wall time; a note under it names any file that
-    was skipped."""
-    records, skipped = all_results()
-    rank = {name: i for i, name in enumerate(toc_order() if order is None else order)}
-    records.sort(key=lambda r: (rank.get(r["chapter"], len(rank)), r["chapter"]))
-    rows = []
-    for r in records:
-        h = r["headline"]
-        cells = [
-            f'<a href="{r["chapter"]}.html">{html.escape(r["chapter"])}</a>',
-            f"<code>{html.escape(h['metric'])}</code>",
-            number_text(r["metrics"][h["metric"]]),
-            html.escape(h["meaning"]),
-            html.escape(h["reference"]),
-            html.escape(r["device"]),
-            duration_text(r["wall_time_s"]),
-        ]
-        rows.append(cells)
-    table = table_html(
-        (
-            "chapter",
-            "headline metric",
-            "value",
-            "how to read it",
-            "compared with",
-            "device",
-            "wall time",
-        ),
-        rows,
-        "results-table",
-    )
-    if skipped:
-        items = "".join(f"<li>{html.escape(s)}</li>" for s in skipped)
-        table += (
-            f'<p class="results-skipped">Skipped results files:</p><ul>{items}</ul>'
-        )
-    return table
-
-
 #: The chapters whose models give an exact likelihood, measured in bits per dimension
 #: on the 10,000 8-bit MNIST test digits (their records hold ``bits_per_dim`` and the
 #: compressor baselines measured on the same digits, ``baseline_<name>``).
