@@ -329,6 +329,15 @@ def test_after_a_chapter_the_runner_names_the_results_page(monkeypatch, capsys):
     assert runs == [plain, plain, plain, short, avx2]
 
 
+@pytest.mark.parametrize("chapter", CHAPTERS + ["templates/chapter"])
+def test_chapter_ends_with_an_exercise_on_paper_and_its_hidden_solution(chapter):
+    last = nbformat.read(ROOT / f"{chapter}.ipynb", as_version=4).cells[-1].source
+    found = re.findall(r"^(\d+)\. ★ \*\*On paper: ", last, re.M)
+    assert found, f"{chapter}: rule 7: no exercise on paper (★ **On paper: ...**)"
+    solution = f"```{{admonition}} Solution to exercise {found[-1]}\n:class: dropdown\n"
+    assert solution in last, f"{chapter}: rule 7: its solution, collapsed, below"
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_chapter_has_a_row_in_the_readme_table(chapter):
     rows = [
