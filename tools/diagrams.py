@@ -303,7 +303,7 @@ def taxonomy():
             "exact likelihood",
             "PixelCNN, LSTM,\nTransformer (chain rule);\nRealNVP (flow)",
         ),
-        (6.0, "a bound", "VAE (ELBO);\ndiffusion (trained\non a bound)"),
+        (6.0, "a bound", "VAE (ELBO);\ndiffusion (trained on\na reweighted bound)"),
         (10.0, "no likelihood", "GAN, cGAN,\nDCGAN\n(a game)"),
     ]
     for x, title, members in families:
