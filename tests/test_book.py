@@ -336,6 +336,11 @@ def test_chapter_ends_with_an_exercise_on_paper_and_its_hidden_solution(chapter)
     assert found, f"{chapter}: rule 7: no exercise on paper (★ **On paper: ...**)"
     solution = f"```{{admonition}} Solution to exercise {found[-1]}\n:class: dropdown\n"
     assert solution in last, f"{chapter}: rule 7: its solution, collapsed, below"
+    exercises = last[last.index("## Exercises") :]  # every exercise marked by effort
+    items = re.findall(r"^\d+\. (\S+)", exercises, re.M)
+    assert all(set(mark) == {"★"} and len(mark) <= 3 for mark in items), (
+        f"{chapter}: rule 7: every exercise starts with ★, ★★ or ★★★: {items}"
+    )
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
