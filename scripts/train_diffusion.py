@@ -227,6 +227,8 @@ def train(args: argparse.Namespace, chapter: dict, launch: distributed.Launch) -
             ) from None
         torch.set_rng_state(state["rng"].cpu())
         start = state["step"]
+    # every rank must resume from the same state, not only the one that saw the file
+    distributed.agree_on_resume(launch, start, model, args.checkpoint)
 
     net = model
     if launch.distributed:

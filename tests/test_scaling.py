@@ -346,3 +346,52 @@ def test_tagged_definitions_name_what_is_missing(tmp_path):
         chapter_code.tagged_definitions(path, {"area"}, tag="x")
     with pytest.raises(chapter_code.ChapterCodeError, match="no runtime.setup"):
         chapter_code.setup_settings(path)
+
+
+def _resume_worker(rank: int, port: int, steps: tuple, out: str) -> None:
+    """One of two gloo processes: a seeded model, at ``steps[rank]``; the second rank
+    draws other weights where its step differs, as a rank that found no checkpoint
+    starts afresh. Writes what agree_on_resume said."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
+    launch = distributed.Launch(rank, rank, 2, 0, torch.device("cpu"), "gloo")
+    torch.manual_seed(0 if steps[rank] == steps[0] else 1)
+    model = torch.nn.Linear(3, 2)
+    try:
+        distributed.agree_on_resume(launch, steps[rank], model, Path("ckpt.pt"))
+        said = "agreed"
+    except distributed.CheckpointError as err:
+        said = str(err)
+    finally:
+        torch.distributed.destroy_process_group()
+    Path(out, f"rank{rank}.txt").write_text(said)
+
+
+@pytest.mark.parametrize("steps", [(40, 40), (40, 0)], ids=["same", "one-rank-blind"])
+def test_ranks_that_would_resume_from_different_states_stop_on_every_rank(
+    steps, tmp_path
+):
+    torch.multiprocessing.spawn(
+        _resume_worker,
+        args=(distributed.free_port(), steps, str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    said = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    if steps[0] == steps[1]:
+        assert said == ["agreed", "agreed"]
+    else:
+        for text in said:
+            assert "rank 0 at step 40" in text and "rank 1 at step 0" in text
+            assert "must see the same checkpoint ckpt.pt" in text
+
+
+def test_the_weights_checksum_sees_one_changed_value():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    before = distributed.weights_checksum(model)
+    assert distributed.weights_checksum(model) == before
+    with torch.no_grad():
+        model.bias[0] += 1e-6
+    assert distributed.weights_checksum(model) != before

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -324,6 +325,46 @@ def save_checkpoint(path: Path, config: Mapping[str, Any], state: dict) -> None:
     rank 0 only): a crash while writing leaves the previous checkpoint intact."""
     with atomic_path(Path(path)) as tmp:
         torch.save({"format": CHECKPOINT_FORMAT, "config": dict(config), **state}, tmp)
+
+
+def weights_checksum(model: torch.nn.Module) -> int:
+    """A CRC-32 of the model's parameters and buffers, byte for byte: equal on two
+    processes exactly when they hold the same weights."""
+    crc = 0
+    for name, tensor in sorted(model.state_dict().items()):
+        crc = zlib.crc32(name.encode(), crc)
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        crc = zlib.crc32(data.numpy().tobytes(), crc)
+    return crc
+
+
+def agree_on_resume(
+    launch: Launch, step: int, model: torch.nn.Module, checkpoint: Path
+) -> None:
+    """Check that every process starts from the same step and the same weights; a
+    :class:`CheckpointError` on every rank names those that differ. A rank that could
+    not see the checkpoint (a path on a machine's local disk, a network file system's
+    stale cache) would otherwise start at step 0 with a fresh optimizer and schedule:
+    DDP re-broadcasts only the weights, so the ranks would drift apart and then
+    hang."""
+    if not launch.distributed:
+        return
+    mine = torch.tensor(
+        [step, weights_checksum(model)], dtype=torch.int64, device=launch.device
+    )
+    every = [torch.zeros_like(mine) for _ in range(launch.world_size)]
+    dist.all_gather(every, mine)
+    seen = [(int(t[0]), int(t[1])) for t in every]
+    if len(set(seen)) > 1:
+        where = ", ".join(
+            f"rank {rank} at step {s} (weights {c:08x})"
+            for rank, (s, c) in enumerate(seen)
+        )
+        raise CheckpointError(
+            f"the processes would resume from different states: {where}. Every "
+            f"machine must see the same checkpoint {checkpoint} (a path on storage all "
+            "of them share, given as an absolute path)"
+        )
 
 
 def load_checkpoint(
