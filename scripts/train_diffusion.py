@@ -387,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.CheckpointError,
         chapter_code.ChapterCodeError,
         sources.DatasetNotFoundError,
+        sources.DiskFullError,
         ValueError,
     ) as err:
         print(f"train_diffusion.py: error: {err}", file=sys.stderr, flush=True)

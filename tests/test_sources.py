@@ -371,6 +371,54 @@ def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
     ]
 
 
+def test_a_write_that_fills_the_disk_is_one_clear_error_and_the_old_file_stays(
+    tmp_path, monkeypatch
+):
+    dest = tmp_path / "ckpt.pt"
+    dest.write_bytes(b"old")
+    usage = sources.shutil.disk_usage(tmp_path)
+    full = type(usage)(usage.total, usage.total - 4096, 4096)
+    monkeypatch.setattr(sources.shutil, "disk_usage", lambda folder: full)
+    # torch.save on a full disk: its own words, not ENOSPC
+    with pytest.raises(sources.DiskFullError, match=r"is full \(4,096 bytes free\)"):
+        with sources.atomic_path(dest) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:664] unexpected pos"
+            )
+    assert dest.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    # an ENOSPC is a full disk whatever the free space says afterwards
+    monkeypatch.setattr(sources.shutil, "disk_usage", lambda folder: usage)
+    with pytest.raises(sources.DiskFullError, match="4 bytes written"):
+        with sources.atomic_path(dest) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(sources.errno.ENOSPC, "No space left on device")
+    # any other failure with space to spare stays itself
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with sources.atomic_path(dest) as tmp:
+            raise RuntimeError("interrupted")
+    assert dest.read_bytes() == b"old"
+
+
+def test_a_finished_write_is_flushed_to_the_disk_before_and_after_its_rename(
+    tmp_path, monkeypatch
+):
+    synced = []
+    real = sources._fsync
+    monkeypatch.setattr(
+        sources,
+        "_fsync",
+        lambda path, directory=False: (
+            synced.append((Path(path), directory)) or real(path, directory)
+        ),
+    )
+    dest = tmp_path / "record.json"
+    with sources.atomic_path(dest) as tmp:
+        tmp.write_text("{}")
+    assert synced == [(tmp, False), (tmp_path, True)] and dest.read_text() == "{}"
+
+
 _FILL = textwrap.dedent("""
     import hashlib, json, sys
     from pathlib import Path

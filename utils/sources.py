@@ -18,10 +18,12 @@ that a live writer is still filling.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -192,13 +194,61 @@ def remove_left_temporaries(dest: Path) -> list[Path]:
     return removed
 
 
+class DiskFullError(OSError):
+    """A write stopped because the disk that holds its folder is full. The file it was
+    to replace is intact, and no temporary file is left."""
+
+
+#: Free bytes under which a failed write is put down to a full disk: a writer that runs
+#: out of space may report it in its own words (``torch.save``: "[enforce fail at
+#: inline_container.cc] ... unexpected pos"), not as ``ENOSPC``.
+FULL_DISK_BYTES = 1 << 20
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk, so that a rename
+    survives a power cut or a reboot. Folders that cannot be opened or synced (some
+    platforms and file systems) are skipped."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
+def _disk_full(folder: Path, error: BaseException) -> int | None:
+    """The free bytes of ``folder``'s disk when ``error`` looks like a full disk (an
+    ``ENOSPC``/``EDQUOT``, or any failure with under :data:`FULL_DISK_BYTES` free),
+    else None."""
+    if isinstance(error, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return None
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = 0
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return free
+    return free if free < FULL_DISK_BYTES else None
+
+
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
-    """A unique temporary path beside ``dest`` to write to; renamed to ``dest`` when the
-    block ends without an error, deleted otherwise. Safe when several processes write
-    the same ``dest`` at once. The temporary file's name carries the writer's process id
-    and host, so temporaries of killed writers are removed here
-    (:func:`remove_left_temporaries`) and never pile up."""
+    """A unique temporary path beside ``dest`` to write to; flushed to the disk and
+    renamed to ``dest`` when the block ends without an error (the folder is flushed
+    too, so the rename survives a reboot), deleted otherwise. Safe when several
+    processes write the same ``dest`` at once. The temporary file's name carries the
+    writer's process id and host, so temporaries of killed writers are removed here
+    (:func:`remove_left_temporaries`) and never pile up. A write that fails on a full
+    disk is one :class:`DiskFullError` that names the folder and the space needed."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_left_temporaries(dest)
@@ -209,7 +259,21 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, dest)
+        _fsync(dest.parent, directory=True)
+    except BaseException as error:
+        free = _disk_full(dest.parent, error)
+        if free is None:
+            raise
+        written = tmp.stat().st_size if tmp.exists() else 0
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"the disk of {dest.parent} is full ({free:,} bytes free) while writing "
+            f"{dest.name} ({written:,} bytes written when it stopped): free some "
+            "space and run again; the previous "
+            f"{dest.name}, if there was one, is intact",
+        ) from error
     finally:
         tmp.unlink(missing_ok=True)
 
