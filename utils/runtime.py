@@ -70,7 +70,8 @@ def settings(
                 f"{name} settings name keys that the "
                 f"full settings lack: {sorted(unknown)}"
             )
-    on_cuda = get_device().type == "cuda"
+    device = get_device()
+    on_cuda = device.type == "cuda"
     _short_settings = dict(short or {})
     # a short run is for CPUs (and Apple's GPU); a CUDA GPU takes the gpu settings, or
     # the full ones below compute capability 8.0
@@ -80,7 +81,7 @@ def settings(
         chosen.update(smoke)
     elif profile == "short":
         chosen.update(short or {})
-    elif gpu and gpu_sized(get_device()):
+    elif gpu and gpu_sized(device):
         chosen.update(gpu)
     return SimpleNamespace(profile=profile, **chosen)
 

@@ -130,16 +130,19 @@ def _peer_value(yardstick: Yardstick) -> float | None:
         return None
 
 
-def goal_met(record: dict[str, Any], yardstick: Yardstick) -> bool | None:
+def goal_met(
+    record: dict[str, Any], yardstick: Yardstick, peer: float | None = None
+) -> bool | None:
     """Whether the record's headline meets its goal; None where it has none (or its
-    peer's record is missing)."""
+    peer's record is missing). ``peer`` is the peer's value where the caller has read
+    it already."""
     value = record["metrics"][yardstick.of or record["headline"]["metric"]]
     scale = record["metrics"][yardstick.times] if yardstick.times else 1.0
     if yardstick.at_most is not None:
         return value <= yardstick.at_most * scale
     if yardstick.at_least is not None:
         return value >= yardstick.at_least * scale
-    peer = _peer_value(yardstick)
+    peer = _peer_value(yardstick) if peer is None else peer
     return None if peer is None else value <= peer
 
 
@@ -162,9 +165,8 @@ def device_class(record: dict[str, Any]) -> str:
     return "CPU"
 
 
-def _goal_text(record: dict[str, Any], yardstick: Yardstick) -> str:
+def _goal_text(record: dict[str, Any], yardstick: Yardstick, peer: float | None) -> str:
     numbers = {k: number_text(v) for k, v in record["metrics"].items() if _num(v)}
-    peer = _peer_value(yardstick)
     return yardstick.goal.format(
         **numbers, peer="?" if peer is None else number_text(peer)
     )
@@ -192,14 +194,15 @@ def summary_html(order: Sequence[str] | None = None) -> str:
         h = r["headline"]
         name = r["chapter"]
         stick = YARDSTICKS.get(name, Yardstick(h["metric"].replace("_", " ")))
+        peer = _peer_value(stick)  # read once, for the text and the check
         unit = f' <span class="unit">{html.escape(stick.unit)}</span>'
         rows.append(
             [
                 f'<a href="{name}.html">{html.escape(name)}</a>',
                 html.escape(stick.measured),
                 number_text(r["metrics"][h["metric"]]) + (unit if stick.unit else ""),
-                html.escape(_goal_text(r, stick)) or "–",
-                MET_TEXT[goal_met(r, stick)],
+                html.escape(_goal_text(r, stick, peer)) or "–",
+                MET_TEXT[goal_met(r, stick, peer)],
                 f"{duration_text(r['wall_time_s'])}, {html.escape(device_class(r))}",
             ]
         )
@@ -239,6 +242,15 @@ CODE_BASELINES = {
 }
 
 
+def _bars(ax, labels, values, colours, ylabel: str, title: str, label: str) -> None:
+    """One panel: a bar per value, each labelled with ``label`` (a format)."""
+    ax.bar(labels, values, color=colours)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    for i, value in enumerate(values):
+        ax.annotate(label.format(value), (i, value), ha="center", va="bottom")
+
+
 def families_figure():
     """Three small panels, one per family, each on its own yardstick: the GAN's, the
     cGAN's and diffusion's Fréchet distance as a multiple of their real-vs-real floor
@@ -264,17 +276,21 @@ def families_figure():
         m["frechet_distance"] / m["frechet_floor_real_vs_real"] for m in found.values()
     ]
     colours = ["tab:orange" if c == "dcgan" else "tab:blue" for c in found]
-    quality.bar(names, multiples, color=colours)
+    _bars(
+        quality,
+        names,
+        multiples,
+        colours,
+        "Fréchet distance / floor",
+        "Samples: distance to real data, lower is better",
+        "≈{:.0f}x",
+    )
     quality.axhline(1, color="black", lw=1, ls="--")
     quality.annotate(
         "floor: real vs real", (len(names) - 0.5, 1), ha="right", va="bottom", size=8
     )
     quality.set_yscale("log")
     quality.set_ylim(0.5, max(multiples, default=10) * 4)
-    quality.set_ylabel("Fréchet distance / floor")
-    quality.set_title("Samples: distance to real data, lower is better", fontsize=10)
-    for i, value in enumerate(multiples):
-        quality.annotate(f"≈{value:.0f}x", (i, value), ha="center", va="bottom")
 
     found = {c: m for c in LIKELIHOOD if (m := record(c))}
     labels = list(found)
@@ -286,11 +302,15 @@ def families_figure():
             labels.append(label)
             values.append(first[f"baseline_{key}"])
             colours.append("tab:gray")
-    bits.bar(labels, values, color=colours)
-    bits.set_ylabel("bits per dimension")
-    bits.set_title("Likelihood: MNIST test digits, lower is better", fontsize=10)
-    for i, value in enumerate(values):
-        bits.annotate(f"{value:.2f}", (i, value), ha="center", va="bottom")
+    _bars(
+        bits,
+        labels,
+        values,
+        colours,
+        "bits per dimension",
+        "Likelihood: MNIST test digits, lower is better",
+        "{:.2f}",
+    )
 
     found = {c: m for c in TEXT if (m := record(c))}
     labels = ["LSTM" if c == "text_generation" else c for c in found]
@@ -300,11 +320,15 @@ def families_figure():
         labels.append("frequencies")
         values.append(found["text_generation"]["baseline_unigram"])
         colours.append("tab:gray")
-    text.bar(labels, values, color=colours)
-    text.set_ylabel("nats per character")
-    text.set_title("Text: held-out characters, lower is better", fontsize=10)
-    for i, value in enumerate(values):
-        text.annotate(f"{value:.3f}", (i, value), ha="center", va="bottom")
+    _bars(
+        text,
+        labels,
+        values,
+        colours,
+        "nats per character",
+        "Text: held-out characters, lower is better",
+        "{:.3f}",
+    )
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
     for ax in (bits, text):
