@@ -1,29 +1,42 @@
-"""Train the diffusion chapter's U-Net with DistributedDataParallel: on one process, on
-N processes of one machine, or on several machines, with the same file.
+"""Train the diffusion chapter's U-Net with DistributedDataParallel (or sharded with
+FSDP2): on one process, on N processes of one machine, or on several machines, with the
+same file.
 
 The model, its loss and its training step are the chapter's own: the cells of
-``book/diffusion.ipynb`` tagged ``export`` are executed (their imports, functions and
-classes only) by :func:`utils.chapter_code.tagged_definitions`, never copied. The
-batch size, learning rate, warm-up and widths default to the chapter's full-profile
-settings; ``--steps`` defaults to 500 (the chapter trains 5 epochs, 2,340 steps).
+``book/diffusion.ipynb`` tagged ``export`` are executed (their functions and classes,
+and the imports these read) by :func:`utils.chapter_code.tagged_definitions`, never
+copied. The batch size, learning rate, warm-up and widths default to the chapter's
+full-profile settings; ``--steps`` defaults to 500 (the chapter trains 5 epochs, 2,340
+steps).
 
 One process (CPU or one GPU)::
 
-    python scripts/train_diffusion.py --steps 2000
+    python scripts/train_diffusion.py --steps 2000 --checkpoint runs/one.pt
 
-N processes on one machine (N GPUs with NCCL, or N CPU processes with gloo)::
+N processes on one machine (N GPUs with NCCL, or N CPU processes with gloo); the
+setting gives each restart a store of its own (pytorch/pytorch#135712)::
 
-    torchrun --nproc_per_node=N scripts/train_diffusion.py --steps 2000
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --standalone --nproc_per_node=N \\
+        scripts/train_diffusion.py --steps 2000 --checkpoint runs/n.pt
 
 Several machines: the same command on each, with the address of one of them::
 
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d \\
-        --rdzv-endpoint=HOST:29500 --rdzv-id=diffusion --max-restarts=3 \\
-        scripts/train_diffusion.py --steps 2000
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes=2 --nproc_per_node=8 \\
+        --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 --rdzv-id=diffusion \\
+        --max-restarts=3 scripts/train_diffusion.py --steps 2000 \\
+        --checkpoint /shared/diffusion.pt
+
+Each run needs a checkpoint of its own (a launch that finds one resumes it); on several
+machines, at a path all of them see.
 
 ``--batch-size`` is the global batch, split over the processes (and ``--accumulate``
-micro-batches on each), so every launch computes the same step. Rank 0 logs the loss
-to TensorBoard and writes a checkpoint every ``--checkpoint-every`` steps (atomically);
+micro-batches on each). ``--shard`` shards the weights, gradients and Adam's state over
+the processes with FSDP2 (``fully_shard``) instead of replicating them (DDP). Each
+process draws its images' timesteps and noise from its own generator;
+``--draws=sample`` keys them by image instead, so that every launch computes the step of
+one process to fp32 rounding (a verification mode). Rank 0 logs the loss to
+TensorBoard and writes a checkpoint of whole tensors every ``--checkpoint-every`` steps
+(atomically), the same file sharded or not;
 a launch that finds the checkpoint resumes from it, so ``torchrun --max-restarts``
 continues a run after a worker fails. ``--fail-at-step`` makes the last rank exit at
 that step on the first attempt, to see it happen.
@@ -48,7 +61,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from utils import chapter_code, data, distributed, precision, sources, training
+from utils import (
+    chapter_code,
+    data,
+    distributed,
+    precision,
+    sharding,
+    sources,
+    training,
+)
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "book" / "diffusion.ipynb"
 #: What the script takes from the chapter's cells tagged "export".
@@ -106,6 +127,20 @@ def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--shard",
+        action="store_true",
+        help="shard weights, gradients and optimizer state over the processes "
+        "(FSDP2's fully_shard) instead of replicating them (DDP)",
+    )
+    parser.add_argument(
+        "--draws",
+        choices=distributed.DRAW_MODES,
+        default="rank",
+        help="rank: each process draws its images' timesteps and noise from its own "
+        "generator (default); sample: one generator per image of the global batch, "
+        "so any number of processes computes the step of one (to verify it)",
+    )
+    parser.add_argument(
         "--checkpoint", type=Path, default=Path("checkpoints/train_diffusion.pt")
     )
     parser.add_argument("--checkpoint-every", type=int, default=100)
@@ -117,6 +152,12 @@ def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     )
     parser.add_argument(
         "--summary", type=Path, default=None, help="write a JSON summary here"
+    )
+    parser.add_argument(
+        "--count-all-reduces",
+        action="store_true",
+        help="count DDP's gradient all-reduces (through a communication hook) into the "
+        "--summary, to check no_sync",
     )
     parser.add_argument(
         "--fail-at-step",
@@ -189,17 +230,24 @@ def train(args: argparse.Namespace, chapter: dict, launch: distributed.Launch) -
         ),
     )
     ns = chapter_code.tagged_definitions(args.notebook, CHAPTER_NAMES, {"cfg": cfg})
-    draws = distributed.SharedDraws(args.batch_size, args.seed)
+    draws = distributed.StepDraws(args.batch_size, args.seed, args.draws, launch.rank)
     ns["torch"] = draws  # the chapter's step draws its randomness through this
     ns["alpha_bar"] = ns["cosine_alpha_bar"](cfg.T).to(device)  # a global it reads
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = cfg.precision.prepare(ns["UNet"](tuple(args.channels)).to(device))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(chapter["ema_decay"]))
+    if args.shard:
+        if not launch.distributed:
+            raise ValueError("--shard needs several processes: start it with torchrun")
+        # the average is copied before sharding (a sharded module cannot be copied)
+        # and sharded alike, so that each process averages its own slices
+        sharding.shard(model)
+        sharding.shard(ema.module)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(args.steps, args.warmup_steps)
     )
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(chapter["ema_decay"]))
     # what a checkpoint must share with this run to be resumed (not the number of
     # processes: a run may resume on another number of workers)
     config = {
@@ -212,30 +260,36 @@ def train(args: argparse.Namespace, chapter: dict, launch: distributed.Launch) -
         "warmup_steps": args.warmup_steps,
         "train_size": args.train_size,
         "seed": args.seed,
+        "draws": args.draws,
     }
     state = distributed.load_checkpoint(args.checkpoint, config, device)
-    start = 0
+    # every rank must resume from the same step, not only the ones that saw the file;
+    # checked before loading, which is a collective for a sharded model
+    start = state["step"] if state is not None else 0
+    distributed.agree_on_resume(launch, start, None, args.checkpoint)
     if state is not None:
         try:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
+            sharding.load_model_state(model, state["model"])
+            sharding.load_model_state(ema.module, state["ema"])
+            ema.n_averaged.copy_(state["ema_count"])
+            sharding.load_optimizer_state(model, optimizer, state["optimizer"])
             schedule.load_state_dict(state["schedule"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise distributed.CheckpointError(
                 f"{args.checkpoint.name} does not fit this model ({str(err)[:200]})"
             ) from None
         torch.set_rng_state(state["rng"].cpu())
-        start = state["step"]
-    # every rank must resume from the same state, not only the one that saw the file
+    # and from the same weights
     distributed.agree_on_resume(launch, start, model, args.checkpoint)
 
-    net = model
-    if launch.distributed:
+    net, all_reduces = model, None
+    if launch.distributed and not args.shard:
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
         net.null_label = model.null_label  # the chapter's step reads it
+        if args.count_all_reduces:
+            all_reduces = distributed.count_all_reduces(net)
 
     x, y = data.mnist_tensors(train=True, fashion=True, limit=args.train_size)
     dataset = TensorDataset(x * 2 - 1, y)  # in [-1, 1], as in the chapter
@@ -256,7 +310,8 @@ def train(args: argparse.Namespace, chapter: dict, launch: distributed.Launch) -
     if launch.is_main:
         threads = torch.get_num_threads()
         print(
-            f"{world} process(es) ({launch.backend or 'no process group'}, "
+            f"{world} process(es) ({launch.backend or 'no process group'}"
+            f"{', FSDP2' if args.shard else ', DDP' if launch.distributed else ''}, "
             f"{device.type}, {threads} thread(s) each), "
             f"{cfg.precision.describe().split(' (')[0]}: global "
             f"batch {args.batch_size} = {world} x {micro} micro-batch(es) x "
@@ -301,9 +356,9 @@ def train(args: argparse.Namespace, chapter: dict, launch: distributed.Launch) -
             parts = zip(x0.chunk(micro), labels.chunk(micro))
             for part, (x_part, y_part) in enumerate(parts):
                 draws.select(step, rows[part])
-                # no all-reduce until the last micro-batch: DDP's no_sync
+                # no gradient exchange until the last micro-batch (DDP's no_sync)
                 quiet = launch.distributed and not stepper.steps_next
-                with net.no_sync() if quiet else nullcontext():
+                with distributed.gradient_sync_paused(net) if quiet else nullcontext():
                     losses.append(ns["train_step"](net, stepper, x_part, y_part))
             schedule.step()
             ema.update_parameters(model)
@@ -314,15 +369,21 @@ def train(args: argparse.Namespace, chapter: dict, launch: distributed.Launch) -
                 history.log(loss=loss)
                 writer.add_scalar("loss/train", loss, step + 1)
             if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps:
+                # whole tensors, gathered on rank 0 where the model is sharded: one
+                # format for every launch, so a run may resume on another one
+                whole = {
+                    "model": sharding.model_state(model),
+                    "ema": sharding.model_state(ema.module),
+                    "optimizer": sharding.optimizer_state(model, optimizer),
+                }
                 if launch.is_main:
                     distributed.save_checkpoint(
                         args.checkpoint,
                         config,
                         {
                             "step": step + 1,
-                            "model": model.state_dict(),
-                            "ema": ema.state_dict(),
-                            "optimizer": optimizer.state_dict(),
+                            **whole,
+                            "ema_count": ema.n_averaged.clone(),
                             "schedule": schedule.state_dict(),
                             "rng": torch.get_rng_state(),
                         },
@@ -338,6 +399,13 @@ def train(args: argparse.Namespace, chapter: dict, launch: distributed.Launch) -
     summary = {
         "world_size": world,
         "accumulate": micro,
+        "sharded": args.shard,
+        "draws": args.draws,
+        # between steps, on this rank (rank 0)
+        "bytes_per_rank": sharding.held_bytes(model, optimizer),
+        # the gradient all-reduces of rank 0's DDP (one per bucket and synchronised
+        # backward pass), with --count-all-reduces
+        "gradient_all_reduces": all_reduces[0] if all_reduces else None,
         "backend": launch.backend or "none",
         "device": device.type,
         "threads_per_process": torch.get_num_threads(),
@@ -373,7 +441,7 @@ def _exit_on_sigterm(signum: int, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    launch = None
+    launch, code, finished = None, 0, False
     try:
         args, chapter = arguments(argv)
         launch = distributed.start()
@@ -382,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             # Python's exit, so that finally blocks run (rank 0 writes out its log)
             signal.signal(signal.SIGTERM, _exit_on_sigterm)
         train(args, chapter, launch)
+        finished = True
     except (
         distributed.LaunchError,
         distributed.CheckpointError,
@@ -391,10 +460,13 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
     ) as err:
         print(f"train_diffusion.py: error: {err}", file=sys.stderr, flush=True)
-        return 2
-    if launch is not None:
-        distributed.stop(launch)
-    return 0
+        code = 2
+    finally:
+        if launch is not None:
+            # leave the process group on every exit; after an error, without waiting
+            # for peers that may have failed
+            distributed.stop(launch, wait=finished)
+    return code
 
 
 if __name__ == "__main__":

@@ -43,9 +43,9 @@ def tagged_definitions(
     namespace: dict[str, Any] | None = None,
     tag: str = EXPORT_TAG,
 ) -> dict[str, Any]:
-    """Execute the imports, functions and classes of the code cells of ``path`` tagged
-    ``tag`` into ``namespace`` (which holds the globals they read, e.g. ``cfg``), and
-    return it; every other statement is skipped.
+    """Execute the functions and classes of the code cells of ``path`` tagged ``tag``,
+    and the imports they read, into ``namespace`` (which holds the globals they read,
+    e.g. ``cfg``), and return it; every other statement is skipped.
 
     A notebook with no cell tagged ``tag``, or whose tagged cells define none of some
     of ``names``, is a :class:`ChapterCodeError` that says what to tag.
@@ -61,28 +61,40 @@ def tagged_definitions(
             f"{Path(path).name} has no code cell tagged {tag!r}: add the tag to the "
             f"cells that define {', '.join(sorted(names))} (cell metadata, tags)"
         )
+    trees = []
     for index, source in cells:
         try:
-            tree = ast.parse(source)
+            trees.append((index, ast.parse(source)))
         except SyntaxError as err:
             raise ChapterCodeError(
                 f"code cell {index} of {Path(path).name} is tagged {tag!r} but is not "
                 f"plain Python ({err.msg})"
             ) from None
-        keep = [
-            node
-            for node in tree.body
-            if isinstance(
-                node,
-                (
-                    ast.Import,
-                    ast.ImportFrom,
-                    ast.FunctionDef,
-                    ast.AsyncFunctionDef,
-                    ast.ClassDef,
-                ),
-            )
-        ]
+    definitions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    # the names the definitions read: an import that binds none of them (a plotting
+    # library, IPython's display) is not run, so a training process does not load it
+    used = set(names) | {
+        node.id
+        for _, tree in trees
+        for definition in tree.body
+        if isinstance(definition, definitions)
+        for node in ast.walk(definition)
+        if isinstance(node, ast.Name)
+    }
+    for index, tree in trees:
+        keep: list[ast.stmt] = []
+        for node in tree.body:
+            if isinstance(node, definitions):
+                keep.append(node)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                aliases = [
+                    alias
+                    for alias in node.names
+                    if (alias.asname or alias.name.split(".")[0]) in used
+                ]
+                if aliases:
+                    node.names = aliases
+                    keep.append(node)
         module = ast.Module(body=keep, type_ignores=[])
         exec(
             compile(module, f"{Path(path).name}, code cell {index}", "exec"), namespace

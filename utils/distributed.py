@@ -15,17 +15,19 @@ import socket
 import threading
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from .sources import atomic_path
 
 #: Written into every checkpoint, so a file from elsewhere is told apart.
-CHECKPOINT_FORMAT = "gdl-pytorch ddp checkpoint 1"
+CHECKPOINT_FORMAT = "gdl-pytorch ddp checkpoint 2"
 #: What torchrun sets for every worker (static and c10d rendezvous alike).
 LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -131,37 +133,57 @@ def start(env: Mapping[str, str] | None = None) -> Launch:
         return Launch(0, 0, 1, 0, device, None)
     if "TORCHELASTIC_RUN_ID" in env:  # started by torchrun's agent
         exit_with_launcher()
-    store = attempt_store(env, rank, world_size, restart)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+    store = attempt_store(env, world_size, restart)
+    # device_id: NCCL binds the process group to this GPU at once (no guessing)
+    cuda = device if device.type == "cuda" else None
+    if store is None:  # the environment's rendezvous (env://), as torch has it
+        dist.init_process_group(backend, device_id=cuda)
+    else:
+        dist.init_process_group(
+            backend, store=store, rank=rank, world_size=world_size, device_id=cuda
+        )
     return Launch(rank, local_rank, world_size, restart, device, backend)
 
 
-def attempt_store(
-    env: Mapping[str, str], rank: int, world_size: int, restart: int
-) -> dist.Store:
-    """The key-value store at ``MASTER_ADDR:MASTER_PORT`` through which the processes
-    find each other; on one machine, with each attempt's keys under a prefix of their
-    own.
+#: The setting that makes torchrun's c10d rendezvous give each attempt a store of its
+#: own (pytorch/pytorch#135712).
+FRESH_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"
 
-    With a static rendezvous (``--master-addr``), torchrun's agent keeps one store for
-    all attempts of a job (its ``TORCHELASTIC_USE_AGENT_STORE``), so without the prefix
-    a restarted group may read the addresses that the failed group left there and wait
-    for peers that are gone (measured with torch 2.14 on one machine: 3 restarts in 8
-    failed with gloo's "Connection refused"). The prefix is the restart count, which
-    each machine's agent counts for itself, so across machines (where the counts can
-    disagree) the keys stay unprefixed, as torch has them. Without torchrun's store,
-    rank 0 hosts one.
+
+def attempt_store(
+    env: Mapping[str, str], world_size: int, restart: int
+) -> dist.Store | None:
+    """The store through which the processes find each other, where torch's own
+    (``init_process_group``'s env:// rendezvous) would fail; None elsewhere.
+
+    torchrun's agent shares one store with its workers for all attempts of a job: with
+    a static rendezvous (``--master-addr``) always, with the c10d one (``--standalone``,
+    ``--rdzv-backend=c10d``) unless ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``. A
+    restarted group may then read the addresses that the failed group left there, and
+    fail to connect to peers that are gone (pytorch/pytorch#135712; how often is
+    measured by ``tools/rendezvous_restarts.py``, and reported in the scaling chapter).
+    With the setting each attempt's rank 0 hosts a store of its own, and torch's
+    rendezvous is used as it is. Without it, on one machine the keys of each attempt go
+    under a prefix of their own (the restart count); across machines the agents count
+    restarts each for themselves, so no prefix is safe, and a launch that may restart
+    is a :class:`LaunchError` that says what to set.
     """
-    agent = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    shared = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    restarts = int(env.get("TORCHELASTIC_MAX_RESTARTS") or 0)
+    if not shared or restarts == 0:
+        return None
+    if int(env.get("GROUP_WORLD_SIZE") or 1) > 1:
+        raise LaunchError(
+            f"torchrun may restart this job (--max-restarts={restarts}) on several "
+            "machines with one store for all attempts, where a restarted group can "
+            "read the failed group's addresses and hang (pytorch/pytorch#135712): "
+            f"start torchrun with {FRESH_STORE} in its environment and "
+            "--rdzv-backend=c10d, or with --max-restarts=0"
+        )
     store = dist.TCPStore(
-        env["MASTER_ADDR"],
-        int(env["MASTER_PORT"]),
-        world_size,
-        is_master=not agent and rank == 0,
-        multi_tenant=not agent,
+        env["MASTER_ADDR"], int(env["MASTER_PORT"]), world_size, is_master=False
     )
-    one_machine = int(env.get("LOCAL_WORLD_SIZE") or world_size) == world_size
-    return dist.PrefixStore(f"attempt-{restart}", store) if one_machine else store
+    return dist.PrefixStore(f"attempt-{restart}", store)
 
 
 def exit_with_launcher(poll_seconds: float = 2.0) -> None:
@@ -184,11 +206,49 @@ def barrier(launch: Launch) -> None:
         dist.barrier()
 
 
-def stop(launch: Launch) -> None:
-    """Leave the process group (after every rank has finished)."""
+def stop(launch: Launch, wait: bool = True) -> None:
+    """Leave the process group: after every rank has finished (``wait``), or at once,
+    after an error, when a peer may never arrive."""
     if launch.distributed and dist.is_initialized():
-        barrier(launch)
+        if wait:
+            barrier(launch)
         dist.destroy_process_group()
+
+
+@contextmanager
+def gradient_sync_paused(net: torch.nn.Module) -> Iterator[None]:
+    """No gradient exchange in the backward passes inside: DDP's ``no_sync``, or
+    FSDP2's ``set_requires_gradient_sync(False)``; the gradients accumulate locally
+    until a backward pass outside exchanges their sum."""
+    if hasattr(net, "set_requires_gradient_sync"):  # a module under fully_shard
+        net.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            net.set_requires_gradient_sync(True)
+    else:
+        with net.no_sync():
+            yield
+
+
+def count_all_reduces(ddp: torch.nn.Module) -> list[int]:
+    """Make DDP count its gradient all-reduces (one per bucket and synchronised
+    backward pass) in the returned one-element list, through a communication hook
+    that then averages the bucket over the ranks. (DDP's built-in averaging multiplies
+    by 1/N while copying into the bucket, the hook divides the bucket by N: the same
+    bits for N = 2, not always otherwise; a check, not for timed runs.)"""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
+        allreduce_hook,
+    )
+
+    count = [0]
+
+    def counted(state, bucket):
+        count[0] += 1
+        return allreduce_hook(state, bucket)
+
+    ddp.register_comm_hook(None, counted)
+    return count
 
 
 def mean_over_ranks(value: torch.Tensor, launch: Launch) -> float:
@@ -219,23 +279,74 @@ def shard_rows(local_batch: int, launch: Launch) -> torch.Tensor:
     return torch.arange(local_batch) * launch.world_size + launch.rank
 
 
-class SharedDraws:
-    """Stands in for the ``torch`` module in a chapter's namespace: its ``rand``,
-    ``randint`` and ``randn_like`` return this process's rows of draws made for the
-    whole global batch; every other name is torch's.
+#: The random functions the chapter's step calls, which :class:`StepDraws` provides.
+DRAWN = ("rand", "randint", "randn_like")
+#: torch's other random functions: a step that calls one through :class:`StepDraws`
+#: is an error, not a silent draw from the global generator (seeded alike on every
+#: rank, so its noise would be the same on every rank).
+UNCOVERED = frozenset(
+    {
+        "randn",
+        "randperm",
+        "rand_like",
+        "randint_like",
+        "normal",
+        "bernoulli",
+        "multinomial",
+        "poisson",
+        "manual_seed",
+        "seed",
+        "initial_seed",
+        "get_rng_state",
+        "set_rng_state",
+    }
+)
+#: How :class:`StepDraws` keys its generators.
+DRAW_MODES = ("rank", "sample")
 
-    The draws of a step come from a generator seeded by (seed, step, call), so N
-    processes (and M micro-batches) give each image the timestep, noise and label
-    dropout that one process with the whole batch gives it, and a resumed run draws
-    what the uninterrupted run drew. Call :meth:`select` before each step.
+
+class StepDraws:
+    """Stands in for the ``torch`` module in a chapter's namespace: its ``rand``,
+    ``randint`` and ``randn_like`` draw from generators keyed by (seed, step, call),
+    so a resumed run draws what the uninterrupted run drew; every other name is
+    torch's, except the module's other random functions, which are an error (tensor
+    methods such as ``uniform_``, and ``F.dropout``, do not pass through here).
+
+    ``mode="rank"`` (the default of the training script): one generator per process
+    and micro-batch (keyed by the position of its first image, so also by the rank),
+    on its device; each process draws only its own images' values, and the ranks'
+    draws are independent, as in any data-parallel script.
+    ``mode="sample"`` (a verification mode): one generator per image, keyed by its
+    position in the global batch, so an image gets the same draws whichever process
+    holds it, and N processes (or M micro-batches) compute the step of one process to
+    fp32 rounding; it costs a small draw per image on the CPU. Call :meth:`select`
+    before each step.
     """
 
-    def __init__(self, global_batch: int, seed: int) -> None:
-        self.global_batch, self.seed = global_batch, seed
+    def __init__(
+        self, global_batch: int, seed: int, mode: str = "rank", rank: int = 0
+    ) -> None:
+        if mode not in DRAW_MODES:
+            raise ValueError(f"mode must be one of {DRAW_MODES}, got {mode!r}")
+        if not 0 < global_batch <= 1 << 20:
+            raise ValueError(f"global_batch must be 1 to 2**20, got {global_batch}")
+        self.global_batch, self.seed, self.mode, self.rank = (
+            global_batch,
+            seed,
+            mode,
+            rank,
+        )
         self._step, self._calls = 0, 0
         self._rows: torch.Tensor | None = None
 
     def __getattr__(self, name: str) -> Any:
+        if name in UNCOVERED:
+            raise AttributeError(
+                f"the training step calls torch.{name}, which StepDraws does not key "
+                f"by step and rank (it provides {', '.join(DRAWN)}): add it to "
+                "utils.distributed.StepDraws, or every rank would draw the same values "
+                "from the global generator"
+            )
         return getattr(torch, name)
 
     def select(self, step: int, rows: torch.Tensor) -> None:
@@ -247,44 +358,73 @@ class SharedDraws:
             )
         self._step, self._calls, self._rows = step, 0, rows
 
-    def _share(self, n: int, draw) -> torch.Tensor:
+    def _key(self, who: int) -> int:
+        """A generator seed for (seed, step, call, who): ``who`` is the rank or the
+        image's position in the global batch."""
+        if self._calls >= 64:
+            raise RuntimeError("a step may draw at most 64 times through StepDraws")
+        key = ((self.seed * 1_000_003 + self._step) * 64 + self._calls) * (1 << 20)
+        return (key + who) % (1 << 63)
+
+    def _draw(self, n: int, device, draw) -> torch.Tensor:
+        """``draw(generator, count, device)`` for this process's ``n`` images."""
         if self._rows is None:
-            raise RuntimeError("call SharedDraws.select(step, rows) before a step")
+            raise RuntimeError("call StepDraws.select(step, rows) before a step")
         if n != len(self._rows):
             raise ValueError(
                 f"the step drew {n} values, but this process holds {len(self._rows)} "
                 "samples of the global batch"
             )
-        generator = torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + self._step) * 64 + self._calls
-        )
+        device = torch.device("cpu" if device is None else device)
+        if self.mode == "rank":
+            # keyed by the first image's position: one generator per rank and
+            # micro-batch (a rank's micro-batches must not repeat each other's draws)
+            generator = torch.Generator(device=device).manual_seed(
+                self._key(int(self._rows[0]))
+            )
+            drawn = draw(generator, n, device)
+        else:  # one generator per image, on the CPU (the same on every device)
+            drawn = torch.cat(
+                [
+                    draw(torch.Generator().manual_seed(self._key(int(row))), 1, None)
+                    for row in self._rows
+                ]
+            ).to(device)
         self._calls += 1
-        return draw(generator)[self._rows]
+        return drawn
 
     def rand(self, n: int, *, device=None, dtype=None) -> torch.Tensor:
-        full = self._share(
-            n, lambda g: torch.rand(self.global_batch, generator=g, dtype=dtype)
+        return self._draw(
+            n,
+            device,
+            lambda g, k, d: torch.rand(k, generator=g, device=d, dtype=dtype),
         )
-        return full.to(device)
 
     def randint(
         self, low: int, high: int, size: tuple[int, ...], *, device=None, dtype=None
     ) -> torch.Tensor:
-        shape = (self.global_batch, *size[1:])
-        full = self._share(
+        return self._draw(
             size[0],
-            lambda g: torch.randint(
-                low, high, shape, generator=g, dtype=dtype or torch.int64
+            device,
+            lambda g, k, d: torch.randint(
+                low,
+                high,
+                (k, *size[1:]),
+                generator=g,
+                device=d,
+                dtype=dtype or torch.int64,
             ),
         )
-        return full.to(device)
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (self.global_batch, *x.shape[1:])
-        full = self._share(
-            len(x), lambda g: torch.randn(shape, generator=g, dtype=x.dtype)
+        full = self._draw(
+            len(x),
+            x.device,
+            lambda g, k, d: torch.randn(
+                (k, *x.shape[1:]), generator=g, device=d, dtype=x.dtype
+            ),
         )
-        return torch.empty_like(x).copy_(full)  # x's device and memory layout
+        return torch.empty_like(x).copy_(full)  # x's memory layout
 
 
 class Accumulation:
@@ -329,35 +469,44 @@ def save_checkpoint(path: Path, config: Mapping[str, Any], state: dict) -> None:
 
 def weights_checksum(model: torch.nn.Module) -> int:
     """A CRC-32 of the model's parameters and buffers, byte for byte: equal on two
-    processes exactly when they hold the same weights."""
+    processes exactly when they hold the same weights (a sharded model's whole weights,
+    gathered: call it on every rank)."""
     crc = 0
     for name, tensor in sorted(model.state_dict().items()):
         crc = zlib.crc32(name.encode(), crc)
+        if isinstance(tensor, DTensor):  # sharded: the whole tensor (a collective)
+            tensor = tensor.full_tensor()
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
         crc = zlib.crc32(data.numpy().tobytes(), crc)
     return crc
 
 
 def agree_on_resume(
-    launch: Launch, step: int, model: torch.nn.Module, checkpoint: Path
+    launch: Launch, step: int, model: torch.nn.Module | None, checkpoint: Path
 ) -> None:
-    """Check that every process starts from the same step and the same weights; a
-    :class:`CheckpointError` on every rank names those that differ. A rank that could
-    not see the checkpoint (a path on a machine's local disk, a network file system's
-    stale cache) would otherwise start at step 0 with a fresh optimizer and schedule:
-    DDP re-broadcasts only the weights, so the ranks would drift apart and then
-    hang."""
+    """Check that every process starts from the same step (and, given the model, the
+    same weights); a :class:`CheckpointError` on every rank names those that differ.
+
+    A rank that could not see the checkpoint (a path on a machine's local disk, a
+    network file system's stale cache) would otherwise start at step 0 with a fresh
+    optimizer and schedule: DDP re-broadcasts only the weights, so the ranks would
+    drift apart and then hang. Call it once with the step read from the file before
+    loading it (loading a sharded model is itself a collective, which a rank without
+    the file would skip), and once with the model after. (A sharded model's loaded
+    weights come from rank 0's file on every rank, so after loading only the step and
+    unsharded tensors can still differ.)
+    """
     if not launch.distributed:
         return
-    mine = torch.tensor(
-        [step, weights_checksum(model)], dtype=torch.int64, device=launch.device
-    )
+    checksum = weights_checksum(model) if model is not None else 0
+    mine = torch.tensor([step, checksum], dtype=torch.int64, device=launch.device)
     every = [torch.zeros_like(mine) for _ in range(launch.world_size)]
     dist.all_gather(every, mine)
     seen = [(int(t[0]), int(t[1])) for t in every]
     if len(set(seen)) > 1:
         where = ", ".join(
-            f"rank {rank} at step {s} (weights {c:08x})"
+            f"rank {rank} at step {s}"
+            + (f" (weights {c:08x})" if model is not None else "")
             for rank, (s, c) in enumerate(seen)
         )
         raise CheckpointError(
@@ -377,7 +526,8 @@ def load_checkpoint(
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        # on the CPU: loading onto the GPU would hold a second copy of everything there
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- torch.load raises many kinds
         raise CheckpointError(
             f"{path.name} is not a readable checkpoint ({type(exc).__name__}); delete "
@@ -385,8 +535,8 @@ def load_checkpoint(
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"{path.name} was not written by this training script; delete it or "
-            "choose another checkpoint path"
+            f"{path.name} was not written by this training script (or by an older "
+            "version of it); delete it or choose another checkpoint path"
         )
     saved = state.get("config", {})
     differences = [
