@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from utils import chapter_code, precision
 
-from .common import BOOK
+from .common import BOOK, full_settings
 
 #: Operator names (aten::...) grouped into kinds, by the first pattern they contain.
 KINDS = (
@@ -44,21 +44,24 @@ def kind(name: str) -> str:
     return "elementwise and other"
 
 
-def step_profile(threads: int, batch: int, steps: int) -> tuple[float, dict]:
-    """Seconds per step, and self CPU seconds per step for each kind of operator."""
-    torch.set_num_threads(threads)
-    cfg = SimpleNamespace(
-        T=1000,
-        label_dropout=0.1,
-        min_snr=5.0,
-        precision=precision.fp32(torch.device("cpu"), "benchmark"),
-    )
+def chapter() -> tuple[SimpleNamespace, dict]:
+    """The diffusion chapter's full-profile settings and its definitions, in fp32."""
+    cfg = full_settings("diffusion")
+    cfg.precision = precision.fp32(torch.device("cpu"), "benchmark")
     names = {"cosine_alpha_bar", "UNet", "train_step", "diffusion_loss", "add_noise"}
     ns = chapter_code.tagged_definitions(BOOK / "diffusion.ipynb", names, {"cfg": cfg})
     ns["alpha_bar"] = ns["cosine_alpha_bar"](cfg.T)
+    return cfg, ns
+
+
+def step_profile(
+    cfg: SimpleNamespace, ns: dict, threads: int, batch: int, steps: int
+) -> tuple[float, dict]:
+    """Seconds per step, and self CPU seconds per step for each kind of operator."""
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = ns["UNet"]((16, 32, 64))
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model = ns["UNet"](tuple(cfg.channels))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     x = torch.randn(batch, 1, 28, 28).clamp(-1, 1)
     y = torch.randint(0, 10, (batch,))
     for _ in range(3):  # warm-up: allocations, oneDNN's kernel choice
@@ -93,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         "two": (2, args.batch),
         "half": (1, args.batch // 2),
     }
+    cfg, ns = chapter()
     runs: dict[str, list] = {name: [] for name in layouts}
     for _ in range(args.rounds):  # interleaved: a slow spell hits every layout
         for name, (threads, batch) in layouts.items():
-            runs[name].append(step_profile(threads, batch, args.steps))
+            runs[name].append(step_profile(cfg, ns, threads, batch, args.steps))
 
     def median(name: str, part: str | None = None) -> float:
         values = [

@@ -178,13 +178,8 @@ def assert_gradients_agree(run: dict, reference: dict) -> None:
 
 
 def gradient(state: dict) -> torch.Tensor:
-    """The gradient of a checkpoint's one step: Adam's first moment is then
-    (1 - beta1) g."""
-    beta1 = state["optimizer"]["param_groups"][0]["betas"][0]
-    moments = state["optimizer"]["state"]  # keyed by parameter name
-    return torch.cat([moment["exp_avg"].flatten() for moment in moments.values()]) / (
-        1 - beta1
-    )
+    """The gradient of a checkpoint's one step, all parameters in one vector."""
+    return torch.cat([g.flatten() for g in gradients(state).values()])
 
 
 @pytest.fixture(scope="module")
