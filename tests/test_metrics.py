@@ -218,3 +218,54 @@ def test_compressor_helpers_reject_what_is_not_8_bit_images():
             torch.zeros(2, 28, 28, dtype=torch.uint8),
             torch.zeros(2, 14, 14, dtype=torch.uint8),
         )
+
+
+def test_the_digit_classifier_learns_digits_and_is_cached_apart(cache_home):
+    from conftest import real_file
+    from utils import data, models
+
+    real_file("MNIST/raw/train-images-idx3-ubyte.gz")  # skips without MNIST
+
+    model = models.digit_classifier(torch.device("cpu"), epochs=1, train_size=2000)
+    assert (cache_home / "checkpoints" / "digit_classifier_e1_n2000.pt").is_file()
+    assert not (cache_home / "checkpoints" / "fashion_classifier_e1_n2000.pt").exists()
+    x, y = data.mnist_tensors(train=False, limit=500)
+    accuracy = (models.classify(model, x)[0] == y).float().mean().item()
+    # trained on digits, not on clothing: a Fashion-MNIST model reads digits at ~10-30%
+    assert accuracy > 0.5, accuracy
+
+
+def test_auroc_is_the_chance_an_outlier_scores_above_an_inlier():
+    from utils.metrics import auroc
+
+    assert auroc(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0])) == 1.0
+    assert auroc(torch.tensor([5.0, 6.0]), torch.tensor([1.0, 2.0])) == 0.0
+    assert auroc(torch.ones(4), torch.ones(3)) == 0.5  # all tied: chance
+    generator = torch.Generator().manual_seed(0)
+    inliers = torch.randn(200, generator=generator).round(decimals=1)
+    outliers = (torch.randn(150, generator=generator) + 0.7).round(decimals=1)
+    pairs = outliers[:, None] - inliers[None, :]  # every outlier against every inlier
+    brute = ((pairs > 0).double() + 0.5 * (pairs == 0).double()).mean().item()
+    assert auroc(inliers, outliers) == pytest.approx(brute, abs=1e-12)
+    for bad in ((torch.ones(2, 2), torch.ones(3)), (torch.ones(0), torch.ones(3))):
+        with pytest.raises(ValueError, match="1-d tensors"):
+            auroc(*bad)
+    with pytest.raises(ValueError, match="NaN"):
+        auroc(torch.tensor([0.0, float("nan")]), torch.ones(3))
+
+
+def test_per_image_code_lengths_average_to_the_per_dimension_ones():
+    from utils import metrics
+
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (50, 1, 8, 8), dtype=torch.uint8, generator=generator)
+    test = torch.randint(0, 256, (7, 1, 8, 8), dtype=torch.uint8, generator=generator)
+    test[0] = 0  # a blank image: the cheapest PNG of the set
+    per_image = metrics.pixel_histogram_bits(train, test)
+    assert per_image.shape == (7,)
+    assert per_image.mean().item() == pytest.approx(
+        metrics.pixel_histogram_bits_per_dim(train, test)
+    )
+    png = metrics.png_bits(test)
+    assert png.shape == (7,) and png.argmin().item() == 0
+    assert png.mean().item() == pytest.approx(metrics.png_bits_per_dim(test))

@@ -16,7 +16,8 @@ One module per concern; importing the package has no side effects:
 - :mod:`utils.training`  -- progress bars, loss history, TensorBoard writers and their
   logs
 - :mod:`utils.metrics`   -- the Frechet distance between feature sets
-- :mod:`utils.models`    -- models that measure others (the Fashion-MNIST classifier)
+- :mod:`utils.models`    -- models that measure others (the Fashion-MNIST and digit
+  classifiers)
 - :mod:`utils.vgg`       -- a frozen VGG19 that carries the preprocessing of its weights
 - :mod:`utils.text`      -- vocabulary, batching for truncated BPTT, temperature
   sampling

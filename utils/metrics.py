@@ -102,16 +102,25 @@ def png_bits_per_dim(images: torch.Tensor, whole_file: bool = True) -> float:
     contents), leaving out the 57 bytes of signature, header and chunk framing that a
     28x28 file also carries.
     """
+    images = _uint8_images(images)
+    bits = png_bits(images, whole_file)  # per image, per pixel
+    return bits.mean().item()
+
+
+def png_bits(images: torch.Tensor, whole_file: bool = True) -> torch.Tensor:
+    """Each image's size as its own greyscale PNG, in bits per pixel (N,): the code
+    length of a general-purpose compressor, scored image by image."""
     from PIL import Image
 
     images = _uint8_images(images)
-    total = 0
+    sizes = []
     for image in images.numpy():
         buffer = io.BytesIO()
         Image.fromarray(image, mode="L").save(buffer, format="PNG", optimize=True)
         data = buffer.getvalue()
-        total += len(data) if whole_file else _idat_bytes(data)
-    return 8 * total / images.numel()
+        sizes.append(len(data) if whole_file else _idat_bytes(data))
+    pixels = images[0].numel() if len(images) else 1
+    return 8 * torch.tensor(sizes, dtype=torch.float64) / pixels
 
 
 def _idat_bytes(png: bytes) -> int:
@@ -142,6 +151,15 @@ def pixel_histogram_bits_per_dim(
     """Bits per pixel of the test images under independent per-position categorical
     distributions, each the (add-``smoothing``) histogram of that pixel position in the
     training images: the best code that ignores every other pixel."""
+    return pixel_histogram_bits(train, test, smoothing).mean().item()
+
+
+def pixel_histogram_bits(
+    train: torch.Tensor, test: torch.Tensor, smoothing: float = 1.0
+) -> torch.Tensor:
+    """Each test image's bits per pixel (N_test,) under the per-position histograms of
+    :func:`pixel_histogram_bits_per_dim`: an exact likelihood model, scored image by
+    image."""
     train, test = _uint8_images(train), _uint8_images(test)
     if train.shape[1:] != test.shape[1:]:
         raise ValueError(
@@ -159,7 +177,38 @@ def pixel_histogram_bits_per_dim(
     log_probs = counts.log() - counts.sum(1, keepdim=True).log()  # (D, 256)
     flat_test = test.reshape(len(test), -1).long()
     nll = -log_probs.gather(1, flat_test.T).sum(0)  # (N_test,) nats
-    return bits_per_dim(nll, dims)
+    return nll / (dims * math.log(2))
+
+
+def auroc(inliers: torch.Tensor, outliers: torch.Tensor) -> float:
+    """The area under the ROC curve of a score that should be higher on ``outliers``
+    than on ``inliers`` (two 1-d tensors): the chance that a random outlier scores
+    above a random inlier, ties counted half (the Mann-Whitney statistic). 0.5 is
+    chance, 1.0 a perfect separation."""
+    inliers = torch.as_tensor(inliers).detach().double().cpu()
+    outliers = torch.as_tensor(outliers).detach().double().cpu()
+    if (
+        inliers.dim() != 1
+        or outliers.dim() != 1
+        or not len(inliers)
+        or not len(outliers)
+    ):
+        raise ValueError(
+            "auroc needs two non-empty 1-d tensors of scores, got shapes "
+            f"{tuple(inliers.shape)} and {tuple(outliers.shape)}"
+        )
+    if not (torch.isfinite(inliers).all() and torch.isfinite(outliers).all()):
+        raise ValueError("auroc got a score that is NaN or infinite")
+    scores = torch.cat([inliers, outliers])
+    # average ranks (1-based), ties sharing the mean of their ranks
+    values, inverse, counts = torch.unique(
+        scores, sorted=True, return_inverse=True, return_counts=True
+    )
+    ends = counts.cumsum(0).double()
+    mean_rank = ends - (counts.double() - 1) / 2
+    outlier_ranks = mean_rank[inverse[len(inliers) :]].sum().item()
+    n_in, n_out = len(inliers), len(outliers)
+    return (outlier_ranks - n_out * (n_out + 1) / 2) / (n_in * n_out)
 
 
 def compressor_baselines(train: torch.Tensor, test: torch.Tensor) -> dict[str, float]:
