@@ -651,6 +651,70 @@ def flow(device: torch.device) -> Steps:
     return steps
 
 
+def energy_based(device: torch.device) -> Steps:
+    """The chapter's own ``train_step`` (its Langevin chains continued from a replay
+    buffer, the energy network under autocast, energies and the loss in fp32), in fp32
+    and on the fast path from the same weights and the same buffer; the plain twin
+    writes the sampler, the buffer and the loss inline, drawing the same random numbers
+    in the same order."""
+    cfg = full_settings("energy_based")
+    names = {
+        "check_digits",
+        "Energy",
+        "energy",
+        "langevin",
+        "ReplayBuffer",
+        "train_step",
+    }
+    namespaces = _chapter_namespaces("energy_based", names, cfg, device)
+    real = torch.rand(cfg.batch_size, 1, 28, 28, device=device) * 2 - 1
+    torch.manual_seed(0)
+    model0 = namespaces["chapter"]["Energy"](cfg.width).to(device)
+    steps = {}
+    for label, prec in _precisions(device).items():
+        ns, m = namespaces[label], prec.prepare(copy.deepcopy(model0))
+        torch.manual_seed(0)  # the same buffer for every step
+        buffer = ns["ReplayBuffer"](cfg.buffer_size, cfg.fresh, device)
+        optimizer = torch.optim.Adam(m.parameters(), lr=cfg.lr, betas=cfg.betas)
+
+        def step(ns=ns, m=m, optimizer=optimizer, buffer=buffer) -> torch.Tensor:
+            stats = ns["train_step"](m, optimizer, real, buffer)
+            stats.tolist()  # the loop's history reads each value
+            return stats
+
+        steps[label] = step
+    m = copy.deepcopy(model0)
+    plain_optimizer = torch.optim.Adam(m.parameters(), lr=cfg.lr, betas=cfg.betas)
+    torch.manual_seed(0)
+    stored = torch.rand(cfg.buffer_size, 1, 28, 28, device=device) * 2 - 1
+
+    def plain() -> torch.Tensor:
+        n = len(real)
+        slots = torch.randint(0, len(stored), (n,), device=device)
+        x = stored[slots].clone()
+        renew = torch.rand(n, device=device) < cfg.fresh
+        x[renew] = torch.rand_like(x[renew]) * 2 - 1
+        for _ in range(cfg.steps):
+            x = (x + cfg.noise * torch.randn_like(x)).clamp(-1, 1).requires_grad_(True)
+            (grad,) = torch.autograd.grad(m.net(x).sum(), x)
+            x = (x - cfg.step_size * grad.clamp(-cfg.grad_clip, cfg.grad_clip)).clamp(
+                -1, 1
+            )
+            x = x.detach()
+        stored[slots] = x
+        noisy = (real + cfg.data_noise * torch.randn_like(real)).clamp(-1, 1)
+        e_real, e_fake = m.net(noisy).squeeze(1), m.net(x).squeeze(1)
+        cd = e_real.mean() - e_fake.mean()
+        loss = cd + cfg.alpha * (e_real.pow(2) + e_fake.pow(2)).mean()
+        plain_optimizer.zero_grad()
+        loss.backward()
+        plain_optimizer.step()
+        return torch.stack([loss, cd, e_real.mean(), e_fake.mean()]).detach()
+
+    steps["plain"] = plain
+    return steps
+
+
 def transformer(device: torch.device) -> Steps:
     """The chapter's own ``make_optimizer`` and ``train_step`` (the model under
     autocast, the loss in fp32, clipping, AdamW fused where torch has it), in fp32 and
@@ -813,6 +877,7 @@ CASES = {
         gan,
         cgan,
         dcgan,
+        energy_based,
         diffusion,
         lstm_basics,
         text_generation,
@@ -823,7 +888,14 @@ CASES = {
 }
 #: Chapters whose step is convolution-bound: their GFLOP/s is compared with the
 #: convolution peak.
-CONV_BOUND = {"pixelcnn", "flow", "dcgan", "diffusion", "style_transfer"}
+CONV_BOUND = {
+    "pixelcnn",
+    "flow",
+    "energy_based",
+    "dcgan",
+    "diffusion",
+    "style_transfer",
+}
 
 
 #: Steps made of matrix products: GFLOP/s against a matmul peak. Not the LSTM chapters:

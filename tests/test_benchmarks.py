@@ -117,6 +117,7 @@ def test_the_chapters_with_convolutions_are_the_ones_channels_last_changes():
         "autoencoder",
         "pixelcnn",
         "flow",
+        "energy_based",
         "dcgan",
         "diffusion",
         "style_transfer",

@@ -330,6 +330,54 @@ def test_a_few_bf16_steps_stay_close_to_fp32(bf16_fast_path, small_batches, chap
         )
 
 
+def test_langevin_input_gradients_in_bf16_point_like_fp32():
+    """The energy chapter's sampler differentiates the energy with respect to the
+    image, through a network under autocast: in bf16 each input gradient points where
+    fp32's does, and a chain of the chapter's length, from the same start and the same
+    noise, ends where fp32's ends (the image itself stays fp32)."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from benchmarks.common import definitions, full_settings
+
+    cfg = full_settings("energy_based")
+    names = {"check_digits", "Energy", "energy", "langevin"}
+    spaces = {
+        name: definitions(
+            "energy_based",
+            names,
+            {"cfg": SimpleNamespace(**vars(cfg), precision=prec)},
+        )
+        for name, prec in (
+            ("fp32", precision.Precision(CPU, False, False, "fp32")),
+            ("bf16", precision.Precision(CPU, True, False, "bf16")),
+        )
+    }
+    torch.manual_seed(0)
+    model = spaces["fp32"]["Energy"](cfg.width)
+    start = torch.rand(32, 1, 28, 28) * 2 - 1
+    gradients, ends, descents = {}, {}, {}
+    for name, ns in spaces.items():
+        x = start.clone().requires_grad_(True)
+        (gradients[name],) = torch.autograd.grad(ns["energy"](model, x).sum(), x)
+        torch.manual_seed(1)
+        ends[name] = ns["langevin"](model, start, cfg.steps)
+        assert ends[name].dtype == torch.float32
+        # without noise the chain is the gradient's alone
+        descents[name] = ns["langevin"](model, start, cfg.steps, noise=0.0)
+    cosine = F.cosine_similarity(
+        gradients["fp32"].flatten(1), gradients["bf16"].flatten(1)
+    )
+    assert cosine.min() > 0.999, cosine.min()
+    moved = (ends["fp32"] - start).abs().mean()
+    apart = (ends["bf16"] - ends["fp32"]).abs().mean()
+    assert moved > 0.005 and apart < 0.01 * moved, (moved, apart)
+    moved = (descents["fp32"] - start).abs().mean()
+    apart = (descents["bf16"] - descents["fp32"]).abs().mean()
+    assert moved > 0.001 and apart < 0.01 * moved, (moved, apart)
+
+
 def test_the_style_closure_in_bf16_keeps_lbfgs_on_course(data_home, monkeypatch):
     """L-BFGS needs small loss differences; with the network in bf16 but Gram matrices
     and losses in fp32 (the chapter's StyleTransferLoss), it runs its evaluations and

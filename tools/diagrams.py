@@ -304,7 +304,11 @@ def taxonomy():
             "PixelCNN, LSTM,\nTransformer (chain rule);\nRealNVP (flow)",
         ),
         (6.0, "a bound", "VAE (ELBO);\ndiffusion (trained on\na reweighted bound)"),
-        (10.0, "no likelihood", "GAN, cGAN,\nDCGAN\n(a game)"),
+        (
+            10.0,
+            "no likelihood value",
+            "GAN, cGAN, DCGAN\n(a game);\nenergy-based model\n(no normaliser)",
+        ),
     ]
     for x, title, members in families:
         box(ax, x, 3.5, title, "latent", w=2.6, h=0.6)
@@ -369,7 +373,8 @@ DIAGRAMS: dict[str, tuple[Callable, str]] = {
     "taxonomy": (
         taxonomy,
         "The book's families: exact likelihood (PixelCNN, LSTM, "
-        "Transformer, RealNVP), a bound (VAE, diffusion), no likelihood (GANs), "
+        "Transformer, RealNVP), a bound (VAE, diffusion), no likelihood value (GANs, "
+        "and the energy-based model, whose normaliser is unknown), "
         "and images from a trained network (DeepDream, style transfer).",
     ),
 }

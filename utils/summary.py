@@ -82,6 +82,12 @@ YARDSTICKS = {
         at_most=25,
         times="frechet_floor_real_vs_real",
     ),
+    "energy_based": Yardstick(
+        "AUROC of the energy, digits against Fashion-MNIST",
+        "",
+        "at least 0.95",
+        at_least=0.95,
+    ),
     "diffusion": Yardstick(
         "Fréchet distance to real images",
         "classifier features",
