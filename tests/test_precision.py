@@ -330,30 +330,18 @@ def test_a_few_bf16_steps_stay_close_to_fp32(bf16_fast_path, small_batches, chap
         )
 
 
-def test_langevin_input_gradients_in_bf16_point_like_fp32():
+def test_langevin_input_gradients_in_bf16_point_like_fp32(bf16_fast_path):
     """The energy chapter's sampler differentiates the energy with respect to the
     image, through a network under autocast: in bf16 each input gradient points where
     fp32's does, and a chain of the chapter's length, from the same start and the same
     noise, ends where fp32's ends (the image itself stays fp32)."""
-    from types import SimpleNamespace
-
     import torch.nn.functional as F
 
-    from benchmarks.common import definitions, full_settings
-
-    cfg = full_settings("energy_based")
+    cfg = training_steps.full_settings("energy_based")
     names = {"check_digits", "Energy", "energy", "langevin"}
-    spaces = {
-        name: definitions(
-            "energy_based",
-            names,
-            {"cfg": SimpleNamespace(**vars(cfg), precision=prec)},
-        )
-        for name, prec in (
-            ("fp32", precision.Precision(CPU, False, False, "fp32")),
-            ("bf16", precision.Precision(CPU, True, False, "bf16")),
-        )
-    }
+    # the chapter's definitions in fp32 ("chapter") and forced bf16 ("fast")
+    found = training_steps._chapter_namespaces("energy_based", names, cfg, CPU)
+    spaces = {"fp32": found["chapter"], "bf16": found["fast"]}
     torch.manual_seed(0)
     model = spaces["fp32"]["Energy"](cfg.width)
     start = torch.rand(32, 1, 28, 28) * 2 - 1

@@ -102,9 +102,7 @@ def png_bits_per_dim(images: torch.Tensor, whole_file: bool = True) -> float:
     contents), leaving out the 57 bytes of signature, header and chunk framing that a
     28x28 file also carries.
     """
-    images = _uint8_images(images)
-    bits = png_bits(images, whole_file)  # per image, per pixel
-    return bits.mean().item()
+    return png_bits(images, whole_file).mean().item()
 
 
 def png_bits(images: torch.Tensor, whole_file: bool = True) -> torch.Tensor:
@@ -119,8 +117,7 @@ def png_bits(images: torch.Tensor, whole_file: bool = True) -> torch.Tensor:
         Image.fromarray(image, mode="L").save(buffer, format="PNG", optimize=True)
         data = buffer.getvalue()
         sizes.append(len(data) if whole_file else _idat_bytes(data))
-    pixels = images[0].numel() if len(images) else 1
-    return 8 * torch.tensor(sizes, dtype=torch.float64) / pixels
+    return 8 * torch.tensor(sizes, dtype=torch.float64) / images[0].numel()
 
 
 def _idat_bytes(png: bytes) -> int:
@@ -201,7 +198,7 @@ def auroc(inliers: torch.Tensor, outliers: torch.Tensor) -> float:
         raise ValueError("auroc got a score that is NaN or infinite")
     scores = torch.cat([inliers, outliers])
     # average ranks (1-based), ties sharing the mean of their ranks
-    values, inverse, counts = torch.unique(
+    _, inverse, counts = torch.unique(
         scores, sorted=True, return_inverse=True, return_counts=True
     )
     ends = counts.cumsum(0).double()

@@ -118,7 +118,7 @@ def _classifier(
     cache: bool,
 ) -> FashionClassifier:
     kind = "fashion" if fashion else "digit"
-    title = "Fashion-MNIST" if fashion else "MNIST digit"
+    title = _title(fashion)
     name = f"{kind}_classifier_e{epochs}_n{train_size or 'all'}.pt"
     path = sources.cache_dir() / "checkpoints" / name
     model = FashionClassifier().to(device)
@@ -137,6 +137,11 @@ def _classifier(
         f"{accuracy:.4f} on {len(y_test):,} real test images"
     )
     return model
+
+
+def _title(fashion: bool) -> str:
+    """The classifier's data set, as its messages name it."""
+    return "Fashion-MNIST" if fashion else "MNIST digit"
 
 
 def _load(model: FashionClassifier, path: Path, device: torch.device) -> bool:
@@ -173,8 +178,7 @@ def _train(
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     model.train()
-    title = "Fashion-MNIST" if fashion else "MNIST digit"
-    for _ in progress(range(epochs), desc=f"training the {title} classifier"):
+    for _ in progress(range(epochs), desc=f"training the {_title(fashion)} classifier"):
         order = torch.randperm(len(x), generator=generator)
         for i in range(0, len(x), 128):
             batch = order[i : i + 128]
