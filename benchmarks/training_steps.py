@@ -715,6 +715,25 @@ def energy_based(device: torch.device) -> Steps:
     return steps
 
 
+def _plain_blocks(blocks: nn.ModuleList, h: torch.Tensor, heads: int, p: float):
+    """The Transformer chapters' pre-LayerNorm blocks written out through ``F``, on
+    (B, T, C): causal attention and the MLP, each added to the residual stream after
+    its dropout, the masks drawn in the blocks' own order."""
+    B, T, C = h.shape
+    for b in blocks:
+        x = F.layer_norm(h, (C,), b.ln1.weight, b.ln1.bias)
+        qkv = F.linear(x, b.attn.qkv.weight, b.attn.qkv.bias)  # (B, T, 3C)
+        qkv = qkv.view(B, T, 3, heads, C // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # three (B, H, T, d)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        h = h + F.dropout(F.linear(y, b.attn.proj.weight, b.attn.proj.bias), p)
+        x = F.layer_norm(h, (C,), b.ln2.weight, b.ln2.bias)
+        x = F.gelu(F.linear(x, b.mlp[0].weight, b.mlp[0].bias))
+        h = h + F.dropout(F.linear(x, b.mlp[2].weight, b.mlp[2].bias), p)
+    return h
+
+
 def transformer(device: torch.device) -> Steps:
     """The chapter's own ``make_optimizer`` and ``train_step`` (the model under
     autocast, the loss in fp32, clipping, AdamW fused where torch has it), in fp32 and
@@ -766,17 +785,75 @@ def transformer(device: torch.device) -> Steps:
 
     def plain() -> torch.Tensor:
         h = F.dropout(m.tok(inputs) + m.pos.weight[:T], p)
-        for b in m.blocks:
-            x = F.layer_norm(h, (C,), b.ln1.weight, b.ln1.bias)
-            qkv = F.linear(x, b.attn.qkv.weight, b.attn.qkv.bias)  # (B, T, 3C)
-            qkv = qkv.view(B, T, 3, cfg.heads, C // cfg.heads)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # three (B, H, T, d)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            y = y.transpose(1, 2).reshape(B, T, C)
-            h = h + F.dropout(F.linear(y, b.attn.proj.weight, b.attn.proj.bias), p)
-            x = F.layer_norm(h, (C,), b.ln2.weight, b.ln2.bias)
-            x = F.gelu(F.linear(x, b.mlp[0].weight, b.mlp[0].bias))
-            h = h + F.dropout(F.linear(x, b.mlp[2].weight, b.mlp[2].bias), p)
+        h = _plain_blocks(m.blocks, h, cfg.heads, p)
+        logits = F.linear(F.layer_norm(h, (C,), m.ln.weight, m.ln.bias), m.tok.weight)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(m.parameters(), cfg.clip)
+        optimizer.step()
+        return loss.detach()
+
+    steps["plain"] = plain
+    return steps
+
+
+def music(device: torch.device) -> Steps:
+    """The chapter's own ``make_optimizer`` and ``train_step`` (ChoraleGPT under
+    autocast with its voice and beat embeddings, the loss in fp32, clipping, AdamW), in
+    fp32 and on the fast path from the same weights; the plain twin runs the same
+    modules' layers through ``F``, drawing the dropout masks in the same order."""
+    from utils import music as chorales
+
+    cfg = full_settings("music")
+    names = {"Attention", "Block", "ChoraleGPT", "make_optimizer", "train_step"}
+    # the chapter's make_optimizer reads the global ``device``, a name
+    # _chapter_namespaces keeps for its own argument
+    namespaces = {
+        label: definitions(
+            "music",
+            names,
+            {"device": device, "cfg": SimpleNamespace(**vars(cfg), precision=prec)},
+        )
+        for label, prec in _precisions(device).items()
+    }
+    torch.manual_seed(0)
+    model0 = namespaces["chapter"]["ChoraleGPT"](
+        cfg.block_size, cfg.layers, cfg.channels, cfg.heads, cfg.dropout
+    ).to(device)
+    B, T, C, p = cfg.batch_size, cfg.block_size, cfg.channels, cfg.dropout
+    inputs = torch.randint(0, chorales.VOCAB_SIZE, (B, T), device=device)
+    beats = torch.randint(0, chorales.BEATS + 1, (B, T), device=device)
+    targets = torch.randint(0, chorales.VOCAB_SIZE, (B, T), device=device)
+    steps = {}
+    for label, ns in namespaces.items():
+        m = copy.deepcopy(model0)  # a deep copy keeps the output layer tied
+        optimizer = ns["make_optimizer"](m)
+
+        def step(ns=ns, m=m, optimizer=optimizer) -> torch.Tensor:
+            return ns["train_step"](m, optimizer, inputs, beats, targets)
+
+        steps[label] = step
+
+    m = copy.deepcopy(model0)
+    optimizer = torch.optim.AdamW(
+        [
+            {
+                "params": [q for q in m.parameters() if q.dim() >= 2],
+                "weight_decay": cfg.weight_decay,
+            },
+            {"params": [q for q in m.parameters() if q.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=cfg.max_lr,
+        betas=(0.9, 0.99),
+        fused=precision.fused_adam(device),
+    )
+    at = torch.arange(T, device=device)
+
+    def plain() -> torch.Tensor:
+        h = m.tok(inputs) + m.voice(at % 4) + m.beat(beats) + m.pos(at)
+        h = F.dropout(h, p)
+        h = _plain_blocks(m.blocks, h, cfg.heads, p)
         logits = F.linear(F.layer_norm(h, (C,), m.ln.weight, m.ln.bias), m.tok.weight)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
@@ -883,6 +960,7 @@ CASES = {
         text_generation,
         language_model,
         transformer,
+        music,
         style_transfer,
     )
 }

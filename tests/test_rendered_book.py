@@ -255,3 +255,37 @@ def test_diffusion_chapter_shows_its_models_beside_the_gans(html, browser):
         assert links == ["gan.html", "cgan.html"]
     finally:
         page.close()
+
+
+def stored_audio(name: str) -> int:
+    """How many playable clips (an HTML <audio> output) the notebook stores."""
+    nb = nbformat.read(ROOT / f"{name}.ipynb", as_version=4)
+    return sum(
+        out.get("data", {}).get("text/html", "").count("<audio")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+    )
+
+
+def test_music_chapter_plays_every_clip_it_stores(html, browser):
+    page, _ = open_page(browser, html / "book" / "music.html")
+    try:
+        clips = page.evaluate("""async () => Promise.all(
+            [...document.querySelectorAll('audio')].map(a => new Promise(done => {
+                const report = () => done({ready: a.readyState, seconds: a.duration,
+                                           error: a.error && a.error.code});
+                if (a.readyState >= 1) return report();
+                a.addEventListener('loadedmetadata', report);
+                a.addEventListener('error', report, true);
+                a.querySelectorAll('source').forEach(
+                    s => s.addEventListener('error', report));
+                a.load();
+                setTimeout(report, 10000);
+            })))""")
+        assert len(clips) == stored_audio("book/music") >= 4
+        for clip in clips:
+            assert clip["error"] is None and clip["ready"] >= 1, clip
+            assert 5 < clip["seconds"] < 60, clip
+    finally:
+        page.close()

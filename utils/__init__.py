@@ -20,7 +20,10 @@ One module per concern; importing the package has no side effects:
   classifiers)
 - :mod:`utils.vgg`       -- a frozen VGG19 that carries the preprocessing of its weights
 - :mod:`utils.text`      -- vocabulary, batching for truncated BPTT, temperature
-  sampling
+  sampling, the n-gram baseline
+- :mod:`utils.music`     -- Bach's chorales as token grids (from music21, cached), the
+  split by tune, and Bach's voice-leading rules counted on any grid
+- :mod:`utils.audio`     -- notes to sound with numpy: additive synthesis, 8-bit WAV
 - :mod:`utils.results`   -- the measured metrics each chapter records
 - :mod:`utils.summary`   -- the results page: one short row per chapter, its goal
   checked, and one figure per family of models

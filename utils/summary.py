@@ -117,6 +117,13 @@ YARDSTICKS = {
         "at most the LSTM's {peer}",
         peer=("text_generation", "val_loss"),
     ),
+    "music": Yardstick(
+        "loss on held-out chorales (unseen tunes)",
+        "nats/token",
+        "at most 0.8x the best n-gram's {ngram_best_nll}",
+        at_most=0.8,
+        times="ngram_best_nll",
+    ),
     "scaling": Yardstick(
         "weight difference where |g| > 100 eps, DDP against 1 process",
         "",
