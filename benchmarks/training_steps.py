@@ -734,6 +734,44 @@ def _plain_blocks(blocks: nn.ModuleList, h: torch.Tensor, heads: int, p: float):
     return h
 
 
+def _plain_gpt_step(
+    m: nn.Module,
+    cfg: SimpleNamespace,
+    device: torch.device,
+    embed: Callable[[], torch.Tensor],
+    targets: torch.Tensor,
+) -> Step:
+    """The Transformer chapters' update written out: ``embed()`` (the input sum,
+    (B, T, C)) under dropout, :func:`_plain_blocks`, the final LayerNorm and the tied
+    output layer, the loss, clipping, and AdamW with decay on the matrices only."""
+    optimizer = torch.optim.AdamW(
+        [
+            {
+                "params": [q for q in m.parameters() if q.dim() >= 2],
+                "weight_decay": cfg.weight_decay,
+            },
+            {"params": [q for q in m.parameters() if q.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=cfg.max_lr,
+        betas=(0.9, 0.99),
+        fused=precision.fused_adam(device),
+    )
+
+    def plain() -> torch.Tensor:
+        h = F.dropout(embed(), cfg.dropout)
+        h = _plain_blocks(m.blocks, h, cfg.heads, cfg.dropout)
+        C = h.shape[-1]
+        logits = F.linear(F.layer_norm(h, (C,), m.ln.weight, m.ln.bias), m.tok.weight)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(m.parameters(), cfg.clip)
+        optimizer.step()
+        return loss.detach()
+
+    return plain
+
+
 def transformer(device: torch.device) -> Steps:
     """The chapter's own ``make_optimizer`` and ``train_step`` (the model under
     autocast, the loss in fp32, clipping, AdamW fused where torch has it), in fp32 and
@@ -754,7 +792,7 @@ def transformer(device: torch.device) -> Steps:
     model0 = namespaces["chapter"]["CharGPT"](
         vocab_size, cfg.block_size, cfg.layers, cfg.channels, cfg.heads, cfg.dropout
     ).to(device)
-    B, T, C, p = cfg.batch_size, cfg.block_size, cfg.channels, cfg.dropout
+    B, T = cfg.batch_size, cfg.block_size
     inputs = torch.randint(0, vocab_size, (B, T), device=device)
     targets = torch.randint(0, vocab_size, (B, T), device=device)
     steps = {}
@@ -770,31 +808,9 @@ def transformer(device: torch.device) -> Steps:
         steps[label] = step
 
     m = copy.deepcopy(model0)
-    optimizer = torch.optim.AdamW(
-        [
-            {
-                "params": [q for q in m.parameters() if q.dim() >= 2],
-                "weight_decay": cfg.weight_decay,
-            },
-            {"params": [q for q in m.parameters() if q.dim() < 2], "weight_decay": 0.0},
-        ],
-        lr=cfg.max_lr,
-        betas=(0.9, 0.99),
-        fused=precision.fused_adam(device),
+    steps["plain"] = _plain_gpt_step(
+        m, cfg, device, lambda: m.tok(inputs) + m.pos.weight[:T], targets
     )
-
-    def plain() -> torch.Tensor:
-        h = F.dropout(m.tok(inputs) + m.pos.weight[:T], p)
-        h = _plain_blocks(m.blocks, h, cfg.heads, p)
-        logits = F.linear(F.layer_norm(h, (C,), m.ln.weight, m.ln.bias), m.tok.weight)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(m.parameters(), cfg.clip)
-        optimizer.step()
-        return loss.detach()
-
-    steps["plain"] = plain
     return steps
 
 
@@ -821,7 +837,7 @@ def music(device: torch.device) -> Steps:
     model0 = namespaces["chapter"]["ChoraleGPT"](
         cfg.block_size, cfg.layers, cfg.channels, cfg.heads, cfg.dropout
     ).to(device)
-    B, T, C, p = cfg.batch_size, cfg.block_size, cfg.channels, cfg.dropout
+    B, T = cfg.batch_size, cfg.block_size
     inputs = torch.randint(0, chorales.VOCAB_SIZE, (B, T), device=device)
     beats = torch.randint(0, chorales.BEATS + 1, (B, T), device=device)
     targets = torch.randint(0, chorales.VOCAB_SIZE, (B, T), device=device)
@@ -836,33 +852,14 @@ def music(device: torch.device) -> Steps:
         steps[label] = step
 
     m = copy.deepcopy(model0)
-    optimizer = torch.optim.AdamW(
-        [
-            {
-                "params": [q for q in m.parameters() if q.dim() >= 2],
-                "weight_decay": cfg.weight_decay,
-            },
-            {"params": [q for q in m.parameters() if q.dim() < 2], "weight_decay": 0.0},
-        ],
-        lr=cfg.max_lr,
-        betas=(0.9, 0.99),
-        fused=precision.fused_adam(device),
-    )
     at = torch.arange(T, device=device)
-
-    def plain() -> torch.Tensor:
-        h = m.tok(inputs) + m.voice(at % 4) + m.beat(beats) + m.pos(at)
-        h = F.dropout(h, p)
-        h = _plain_blocks(m.blocks, h, cfg.heads, p)
-        logits = F.linear(F.layer_norm(h, (C,), m.ln.weight, m.ln.bias), m.tok.weight)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(m.parameters(), cfg.clip)
-        optimizer.step()
-        return loss.detach()
-
-    steps["plain"] = plain
+    steps["plain"] = _plain_gpt_step(
+        m,
+        cfg,
+        device,
+        lambda: m.tok(inputs) + m.voice(at % 4) + m.beat(beats) + m.pos(at),
+        targets,
+    )
     return steps
 
 
