@@ -39,7 +39,7 @@ FASHION_CLASSES = (
 
 class FashionClassifier(nn.Module):
     """A small CNN for 28x28 grey images with pixels in [0, 1]; about 91-92% test
-    accuracy on Fashion-MNIST, about 99% on MNIST digits."""
+    accuracy on Fashion-MNIST, about 98% on MNIST digits (2 epochs: 0.9815 measured)."""
 
     def __init__(self) -> None:
         super().__init__()
